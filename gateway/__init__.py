@@ -1,0 +1,3 @@
+"""API-key authentication gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,75 @@
+"""``allowed_referrers`` (SPEC §3): URL patterns with a scheme, or host patterns."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:\d{1,5})?$")
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerRule:
+    url: re.Pattern[str] | None = None  # whole-URL pattern (scheme given)
+    host: str | None = None  # exact host
+    suffix: str | None = None  # '*.example.com' -> '.example.com'
+
+
+def compile_referrer(pattern: str) -> ReferrerRule:
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ValueError("a referrer pattern cannot be empty")
+    pattern = pattern.strip()
+    if "://" in pattern:
+        scheme = pattern.split("://", 1)[0]
+        if scheme.lower() not in ("http", "https"):
+            raise ValueError(f"{pattern!r}: only http:// and https:// referrers can be matched")
+        parts = [re.escape(p) for p in pattern.split("*")]
+        return ReferrerRule(url=re.compile(".*".join(parts), re.ASCII))
+    host = pattern.lower()
+    if not _HOST.match(host):
+        raise ValueError(
+            f"{pattern!r} is not a referrer pattern (use https://host/path*, host or *.host)"
+        )
+    if host.startswith("*."):
+        return ReferrerRule(suffix=host[1:])
+    return ReferrerRule(host=host)
+
+
+def compile_allowed_referrers(values: Iterable[str]) -> tuple[ReferrerRule, ...]:
+    return tuple(compile_referrer(v) for v in values)
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        if host and parts.port:
+            return host  # ports are not part of host patterns
+        return host
+    except ValueError:
+        return None
+
+
+def referrer_allowed(referer: str | None, rules: tuple[ReferrerRule, ...]) -> bool:
+    if not rules:
+        return True
+    if not referer:
+        return False
+    host: str | None = None
+    host_read = False
+    for rule in rules:
+        if rule.url is not None:
+            if rule.url.fullmatch(referer):
+                return True
+            continue
+        if not host_read:
+            host, host_read = _host_of(referer), True
+        if host is None:
+            continue
+        if rule.host is not None and host == rule.host:
+            return True
+        if rule.suffix is not None and host.endswith(rule.suffix) and len(host) > len(rule.suffix):
+            return True
+    return False

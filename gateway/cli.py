@@ -1,0 +1,447 @@
+"""The ``gateway`` command (SPEC §10).
+
+Usage errors exit 2 (argparse), refused input exits 1 with the reason on
+stderr, ``--json`` prints one JSON document on stdout. A key's secret is
+printed once, by ``keys create`` and ``keys rotate``, and never again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .config import Config, ConfigError, load_config, resolve_path
+from .keys.model import KeyRecord
+from .keys.service import CLI, InvalidRequest, KeyService, OperationError, expires_in, rotation_due
+from .keys.store import KeyStore
+from .store.connection import StoreHandle, StoreUnavailable, open_store
+from .store.embedded import EmbeddedStoreError
+
+
+class Refused(Exception):
+    """Input the command cannot act on (exit status 1)."""
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = resolve_path(args.config)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise Refused(
+            "invalid configuration " + str(path) + ":\n  " + "\n  ".join(exc.errors)
+        ) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+async def _with_service(config: Config, work: Callable[[KeyService], Awaitable[int]]) -> int:
+    try:
+        handle: StoreHandle = open_store(config.redis)
+    except EmbeddedStoreError as exc:
+        raise Refused(str(exc)) from None
+    try:
+        store = KeyStore(handle.client, config.redis.key_prefix)
+        from .keys.audit import AuditLog
+
+        service = KeyService(store, config, audit=AuditLog(handle.client, config.redis.key_prefix))
+        return await work(service)
+    except StoreUnavailable as exc:
+        raise Refused(f"the key store at {handle.url} is unavailable: {exc}") from None
+    finally:
+        await handle.close()
+
+
+def _key_lines(record: KeyRecord, last_used: str | None, rotation_days: int) -> list[str]:
+    status = record.status()
+    if status == "active" and rotation_due(record, rotation_days):
+        status += " (rotation due)"
+    rows = [
+        ("id", record.id),
+        ("name", record.name),
+        ("key", f"{record.prefix}…{record.last4}"),
+        ("mode", record.mode),
+        ("account", record.account_id),
+        ("status", status),
+        ("permissions", ", ".join(record.permissions) or "-"),
+        ("created", record.created_at),
+        ("expires", record.expires_at or "never"),
+        ("revoked", record.revoked_at or "-"),
+        ("last used", last_used or "never"),
+        ("rate limit", record.rate_limit or "plan default"),
+        ("allowed ips", ", ".join(record.allowed_ips) or "any"),
+        ("allowed referrers", ", ".join(record.allowed_referrers) or "any"),
+        ("allowed endpoints", ", ".join(record.allowed_endpoints) or "any"),
+        ("metadata", json.dumps(record.metadata) if record.metadata else "-"),
+    ]
+    if record.rotated_from:
+        rows.append(("rotated from", record.rotated_from))
+    if record.rotated_to:
+        rows.append(("rotated to", record.rotated_to))
+    return [f"{name:<18} {value}" for name, value in rows]
+
+
+# -- verbs --------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = resolve_path(args.path or args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration ({len(exc.errors)} error(s))", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({len(config.routes)} route(s), {len(config.plans)} plan(s))")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    workers = args.workers or config.server.workers
+    from .server import install_uvloop, serve
+
+    if workers > 1:
+        from .workers import supervise
+
+        return supervise(config, str(resolve_path(args.config)), workers)
+    install_uvloop()
+    try:
+        return asyncio.run(serve(config, config_path=str(resolve_path(args.config))))
+    except EmbeddedStoreError as exc:
+        raise Refused(str(exc)) from None
+    except OSError as exc:
+        raise Refused(f"cannot listen: {exc}") from None
+
+
+def cmd_accounts_create(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(service: KeyService) -> int:
+        account = await service.create_account(name=args.name, email=args.email, plan=args.plan)
+        if args.json:
+            _print_json(
+                account.__dict__ if hasattr(account, "__dict__") else _account_dict(account)
+            )
+        else:
+            print(f"created account {account.id} ({account.name}, plan {account.plan})")
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def _account_dict(account: Any) -> dict[str, Any]:
+    return {"id": account.id, "name": account.name, "email": account.email, "plan": account.plan,
+            "created_at": account.created_at}  # fmt: skip
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(service: KeyService) -> int:
+        accounts = await service.store.list_accounts()
+        if args.json:
+            _print_json({"data": [_account_dict(a) for a in accounts]})
+        else:
+            for a in accounts:
+                print(f"{a.id}  {a.plan:<10} {a.name}  {a.email or ''}")
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    config = _load(args)
+    data: dict[str, Any] = {"name": args.name, "mode": args.mode}
+    if args.permissions is not None:
+        data["permissions"] = [p.strip() for p in args.permissions.split(",") if p.strip()]
+    if args.expires_in and args.expires_at:
+        raise Refused("give --expires-in or --expires-at, not both")
+    if args.expires_in:
+        data["expires_at"] = expires_in(args.expires_in)
+    elif args.expires_at:
+        data["expires_at"] = args.expires_at
+    if args.allow_ip:
+        data["allowed_ips"] = args.allow_ip
+    if args.allow_referrer:
+        data["allowed_referrers"] = args.allow_referrer
+    if args.allow_endpoint:
+        data["allowed_endpoints"] = args.allow_endpoint
+    if args.rate_limit:
+        data["rate_limit"] = args.rate_limit
+    if args.metadata:
+        try:
+            data["metadata"] = json.loads(args.metadata)
+        except json.JSONDecodeError as exc:
+            raise Refused(f"--metadata is not JSON: {exc}") from None
+
+    async def work(service: KeyService) -> int:
+        record, secret = await service.create_key(CLI, args.account, data)
+        if args.json:
+            _print_json({**record.public(), "key": secret})
+        else:
+            print(
+                f"created {record.mode} key {record.id} ({record.name}) for account {record.account_id}"
+            )
+            print()
+            print(f"  {secret}")
+            print()
+            print("This is the only time the key is shown: store it somewhere safe now.")
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(service: KeyService) -> int:
+        if args.account:
+            await service.account(args.account)
+        records, _ = await service.list_keys(CLI, args.account, mode=args.mode, limit=100)
+        if args.account:
+            # Page through the whole account for the CLI.
+            while len(records) % 100 == 0 and records:
+                more, has_more = await service.list_keys(
+                    CLI, args.account, mode=args.mode, limit=100, starting_after=records[-1].id
+                )
+                records.extend(more)
+                if not has_more:
+                    break
+        used = await service.store.last_used(r.id for r in records)
+        if args.json:
+            _print_json({"data": [r.public(used.get(r.id)) for r in records]})
+            return 0
+        if not records:
+            print("no keys")
+            return 0
+        print(f"{'ID':<26} {'KEY':<18} {'MODE':<5} {'STATUS':<8} {'LAST USED':<21} NAME")
+        for r in records:
+            print(
+                f"{r.id:<26} {r.prefix + '…' + r.last4:<18} {r.mode:<5} {r.status():<8} "
+                f"{used.get(r.id) or 'never':<21} {r.name}"
+            )
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(service: KeyService) -> int:
+        record = await service.get_key(CLI, args.id)
+        used = (await service.store.last_used([record.id])).get(record.id)
+        usage = None
+        usage_reader = getattr(service, "usage_days", None)
+        if usage_reader is not None:
+            usage = await usage_reader(record, days=7)
+        if args.json:
+            data = record.public(used)
+            data["rotation_due"] = rotation_due(record, config.keys.rotation_days)
+            if usage is not None:
+                data["usage"] = usage
+            _print_json(data)
+            return 0
+        print("\n".join(_key_lines(record, used, config.keys.rotation_days)))
+        if usage:
+            print("\nrequests (UTC day: allowed / denied / rate-limited)")
+            for day in usage:
+                print(
+                    f"  {day['date']}: {day['allowed']} / {day['denied']} / {day['rate_limited']}"
+                )
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(service: KeyService) -> int:
+        record = await service.revoke_key(CLI, args.id)
+        if args.json:
+            _print_json({"id": record.id, "revoked_at": record.revoked_at})
+        else:
+            print(f"revoked {record.id} at {record.revoked_at}")
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(service: KeyService) -> int:
+        new, secret, old = await service.rotate_key(CLI, args.id, args.grace)
+        if args.json:
+            _print_json(
+                {
+                    **new.public(),
+                    "key": secret,
+                    "previous_key": {"id": old.id, "expires_at": old.expires_at},
+                }
+            )
+        else:
+            print(f"rotated {old.id} -> {new.id}; the old key stops working at {old.expires_at}")
+            print()
+            print(f"  {secret}")
+            print()
+            print("This is the only time the new key is shown: store it somewhere safe now.")
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(service: KeyService) -> int:
+        events = await service.audit.read(account_id=args.account, limit=args.limit)
+        if args.json:
+            _print_json({"data": events})
+            return 0
+        for e in events:
+            extra = {
+                k: v
+                for k, v in e.items()
+                if k not in ("at", "actor", "action", "account_id", "key_id", "id")
+            }
+            print(f"{e['at']}  {e['actor']:<26} {e['action']:<15} {e.get('key_id') or '-':<26} "
+                  f"{e.get('account_id') or '-'} {json.dumps(extra) if extra else ''}")  # fmt: skip
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
+
+    return run_demo(args)
+
+
+# -- parser -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", help="config file (default: $GATEWAY_CONFIG or config/gateway.yaml)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="API-key authentication gateway", parents=[common]
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("serve", parents=[common], help="run the gateway")
+    p.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
+    p.set_defaults(func=cmd_serve)
+
+    p = verbs.add_parser("check-config", parents=[common], help="validate a config file")
+    p.add_argument("path", nargs="?", help="the file to check (default: --config)")
+    p.set_defaults(func=cmd_check_config)
+
+    p = verbs.add_parser(
+        "demo", parents=[common], help="run the gateway before a demo upstream, with demo keys"
+    )
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--upstream-port", type=int, default=8000)
+    p.add_argument("--admin-port", type=int, default=9090)
+    p.add_argument("--data-dir", default=".gateway-data/demo")
+    p.set_defaults(func=cmd_demo)
+
+    accounts = verbs.add_parser(
+        "accounts", parents=[common], help="manage accounts"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = accounts.add_parser("create", parents=[common], help="create an account")
+    p.add_argument("--name", required=True)
+    p.add_argument("--email")
+    p.add_argument("--plan", default="default")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_create)
+    p = accounts.add_parser("list", parents=[common], help="list accounts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_list)
+
+    keys = verbs.add_parser("keys", parents=[common], help="manage API keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = keys.add_parser(
+        "create", parents=[common], help="create a key (its secret is printed once)"
+    )
+    p.add_argument("--account", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--mode", choices=["live", "test"], default="live")
+    p.add_argument("--permissions", help="comma-separated, e.g. read,users:write")
+    p.add_argument("--expires-in", help="e.g. 90d")
+    p.add_argument("--expires-at", help="ISO 8601, e.g. 2027-01-01T00:00:00Z")
+    p.add_argument("--allow-ip", action="append", metavar="CIDR")
+    p.add_argument("--allow-referrer", action="append", metavar="PATTERN")
+    p.add_argument("--allow-endpoint", action="append", metavar="PATTERN")
+    p.add_argument("--rate-limit", help="e.g. 100/minute")
+    p.add_argument("--metadata", help="a flat JSON object")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_create)
+    p = keys.add_parser("list", parents=[common], help="list keys")
+    p.add_argument("--account")
+    p.add_argument("--mode", choices=["live", "test"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_list)
+    p = keys.add_parser("show", parents=[common], help="show one key")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_show)
+    p = keys.add_parser("revoke", parents=[common], help="revoke a key")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_revoke)
+    p = keys.add_parser(
+        "rotate", parents=[common], help="replace a key; the old one expires after --grace"
+    )
+    p.add_argument("id")
+    p.add_argument("--grace", default="24h")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_rotate)
+
+    p = verbs.add_parser("audit", parents=[common], help="show the audit trail")
+    p.add_argument("--account")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Refused as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except InvalidRequest as exc:
+        where = f" ({exc.field})" if exc.field else ""
+        print(f"gateway: refused{where}: {exc.message}", file=sys.stderr)
+        return 1
+    except OperationError as exc:
+        print(f"gateway: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

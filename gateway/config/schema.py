@@ -1,0 +1,217 @@
+"""The configuration file's schema (SPEC §9): frozen, typed, validated once at load.
+
+Every model forbids unknown fields, so a typo is an error naming its YAML path
+instead of a silently ignored setting. Durations, rates, CIDRs and URLs are
+parsed here; the request path only reads the results.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from yarl import URL
+
+from .units import Rate, parse_duration, parse_rate
+
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+RateSpec = Annotated[Rate, BeforeValidator(parse_rate)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(value: object) -> Network:
+    if not isinstance(value, str):
+        raise ValueError("expected an IP address or CIDR such as 10.0.0.0/8")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR") from None
+
+
+NetworkSpec = Annotated[Network, BeforeValidator(parse_network)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class TLSConfig(_Model):
+    cert_file: Path
+    key_file: Path
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> TLSConfig:
+        for name in ("cert_file", "key_file"):
+            if not getattr(self, name).is_file():
+                raise ValueError(f"{name} {getattr(self, name)} does not exist")
+        return self
+
+
+class ServerConfig(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    require_https: bool = False
+    tls: TLSConfig | None = None
+    trusted_proxies: tuple[NetworkSpec, ...] = ()
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    max_header_count: int = Field(100, ge=1)
+    max_header_bytes: int = Field(8190, ge=256)
+    max_url_bytes: int = Field(8190, ge=256)
+    header_read_timeout: Duration = 10.0
+    drain_timeout: Duration = 25.0
+    access_log: bool = True
+
+
+class AdminConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+    enabled: bool = True
+
+
+class RedisConfig(_Model):
+    url: str | None = None
+    data_dir: Path = Path(".gateway-data")
+    key_prefix: str = "gw:"
+    socket_timeout: Duration = 1.0
+    connect_timeout: Duration = 1.0
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(f"{value!r} is not a redis://, rediss:// or unix:// URL")
+        return value
+
+
+class KeysConfig(_Model):
+    prefix: str = Field("sk", pattern=r"^[a-z][a-z0-9]{0,15}$")
+    cache_ttl: Duration = 30.0
+    negative_cache_ttl: Duration = 5.0
+    cache_max_size: int = Field(100_000, ge=1)
+    stale_if_error: Duration = 300.0
+    rotation_days: int = Field(90, ge=1)
+
+
+class ManagementConfig(_Model):
+    path_prefix: str = Field("/v1", pattern=r"^(/[A-Za-z0-9._~-]+)+$")
+    enabled: bool = True
+
+
+class RateLimitsConfig(_Model):
+    on_store_error: Literal["allow", "deny", "local"] = "local"
+
+
+class PlanConfig(_Model):
+    rate_limit: RateSpec | None = None
+
+
+class RouteConfig(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    match: str
+    upstream: str
+    test_upstream: str | None = None
+    methods: tuple[str, ...] | None = None
+    strip_prefix: bool = False
+    auth: Literal["required", "none"] = "required"
+    permissions: dict[str, str] | None = None
+    rate_limit: RateSpec | None = None
+    timeout: Duration = 30.0
+    forward_authorization: bool = False
+
+    @field_validator("match")
+    @classmethod
+    def _match_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        from ..proxy.paths import PathError, normalise_path
+
+        try:
+            normalised = normalise_path(value)
+        except PathError as exc:
+            raise ValueError(str(exc)) from None
+        return normalised.rstrip("/") or "/"
+
+    @field_validator("upstream", "test_upstream")
+    @classmethod
+    def _upstream_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = URL(value)
+        if url.scheme not in {"http", "https"} or not url.host:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        if url.query_string or url.fragment:
+            raise ValueError("an upstream URL cannot carry a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("list at least one method, or leave methods out to allow all")
+        methods = tuple(dict.fromkeys(m.upper() for m in value))
+        unknown = [m for m in methods if m not in HTTP_METHODS]
+        if unknown:
+            raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
+        return methods
+
+    @field_validator("permissions")
+    @classmethod
+    def _permissions(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        from ..keys.permissions import validate_permission
+
+        out: dict[str, str] = {}
+        for method, permission in value.items():
+            key = method.upper()
+            if key != "*" and key not in HTTP_METHODS:
+                raise ValueError(f"{method!r} is not an HTTP method or '*'")
+            validate_permission(permission)
+            out[key] = permission
+        return out
+
+
+class Config(_Model):
+    server: ServerConfig = ServerConfig()
+    admin: AdminConfig = AdminConfig()
+    redis: RedisConfig = RedisConfig()
+    keys: KeysConfig = KeysConfig()
+    management: ManagementConfig = ManagementConfig()
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
+    plans: dict[str, PlanConfig] = Field(default_factory=lambda: {"default": PlanConfig()})
+    routes: tuple[RouteConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Config:
+        seen: dict[str, int] = {}
+        for index, route in enumerate(self.routes):
+            if route.name in seen:
+                raise ValueError(
+                    f"routes[{index}].name: duplicate route name {route.name!r} "
+                    f"(first used by routes[{seen[route.name]}])"
+                )
+            seen[route.name] = index
+        if "default" not in self.plans:
+            raise ValueError("plans: a plan named 'default' is required (new accounts get it)")
+        if (
+            self.server.require_https
+            and self.server.tls is None
+            and not self.server.trusted_proxies
+        ):
+            raise ValueError(
+                "server.require_https: needs server.tls or server.trusted_proxies "
+                "(a proxy that terminates TLS and sends X-Forwarded-Proto)"
+            )
+        return self

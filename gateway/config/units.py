@@ -1,0 +1,62 @@
+"""Durations (``500ms``, ``30s``, ``5m``, ``24h``, ``90d``) and rates (``100/minute``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in a duration string; raises ValueError naming the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 30s, 5m, 24h or 90d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as 500ms, 30s, 5m, 24h or 90d")
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (use 500ms, 30s, 5m, 24h or 90d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(round(seconds * 1000))}ms"
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``limit`` requests per ``window`` seconds."""
+
+    limit: int
+    window: int
+    unit: str
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.unit}"
+
+
+def parse_rate(value: object) -> Rate:
+    if isinstance(value, Rate):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a rate such as 100/minute")
+    match = _RATE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a rate (use N/second, N/minute, N/hour or N/day)")
+    limit = int(match.group(1))
+    if limit <= 0:
+        raise ValueError("a rate limit must allow at least 1 request")
+    unit = match.group(2)
+    return Rate(limit=limit, window=WINDOWS[unit], unit=unit)

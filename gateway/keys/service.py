@@ -1,0 +1,399 @@
+"""The key and account operations, shared by the CLI and the management API.
+
+Each operation validates its input here, once; callers only translate
+:class:`InvalidRequest`, :class:`NotFound` and :class:`Forbidden` into their
+own way of answering (an exit code, an HTTP status).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..checks.endpoint import compile_endpoint
+from ..checks.ip import compile_allowed_ips
+from ..checks.referrer import compile_referrer
+from ..config.schema import Config
+from ..config.units import parse_duration, parse_rate
+from .format import generate_secret, hash_secret, new_id
+from .model import Account, KeyRecord, isoformat, parse_time, utcnow
+from .permissions import validate_permission
+from .store import KeyStore
+
+KEY_FIELDS = (
+    "name",
+    "mode",
+    "permissions",
+    "metadata",
+    "allowed_ips",
+    "allowed_referrers",
+    "allowed_endpoints",
+    "rate_limit",
+    "expires_at",
+)
+PATCH_FIELDS = tuple(f for f in KEY_FIELDS if f != "mode")
+METADATA_MAX_KEYS = 50
+METADATA_MAX_KEY_LENGTH = 40
+METADATA_MAX_VALUE_LENGTH = 500
+LIST_MAX = 100
+
+
+class OperationError(Exception):
+    code = "invalid_request"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidRequest(OperationError):
+    """The input is refused; ``field`` names what is wrong."""
+
+
+class NotFound(OperationError):
+    code = "resource_not_found"
+
+
+class Forbidden(OperationError):
+    code = "insufficient_permissions"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who performs an operation: a key (through the API) or the operator's CLI."""
+
+    id: str  # key id or "cli"
+    account_id: str | None = None
+    mode: str | None = None  # a test-mode key may touch only test keys
+
+    @property
+    def test_only(self) -> bool:
+        return self.mode == "test"
+
+
+CLI = Actor("cli")
+
+
+# -- validation -------------------------------------------------------------
+
+
+def _string_list(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"{field} must be a list of strings", field)
+    return value
+
+
+def validate_key_fields(data: dict[str, Any], *, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """Check and normalise key fields; raises InvalidRequest naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", unknown[0])
+    out: dict[str, Any] = {}
+    if "name" in data:
+        name = data["name"]
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise InvalidRequest(
+                "name must be a non-empty string of at most 200 characters", "name"
+            )
+        out["name"] = name.strip()
+    if "mode" in data:
+        if data["mode"] not in ("live", "test"):
+            raise InvalidRequest("mode must be 'live' or 'test'", "mode")
+        out["mode"] = data["mode"]
+    if "permissions" in data:
+        perms = _string_list(data["permissions"], "permissions")
+        for p in perms:
+            try:
+                validate_permission(p)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), "permissions") from None
+        out["permissions"] = tuple(dict.fromkeys(perms))
+    if "metadata" in data:
+        out["metadata"] = _metadata(data["metadata"])
+    if "allowed_ips" in data:
+        ips = _string_list(data["allowed_ips"], "allowed_ips")
+        try:
+            compile_allowed_ips(ips)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), "allowed_ips") from None
+        out["allowed_ips"] = tuple(i.strip() for i in ips)
+    for field, compile_one in (
+        ("allowed_referrers", compile_referrer),
+        ("allowed_endpoints", compile_endpoint),
+    ):
+        if field in data:
+            values = _string_list(data[field], field)
+            for v in values:
+                try:
+                    compile_one(v)
+                except ValueError as exc:
+                    raise InvalidRequest(str(exc), field) from None
+            out[field] = tuple(v.strip() for v in values)
+    if "rate_limit" in data:
+        rate = data["rate_limit"]
+        if rate is not None:
+            try:
+                rate = str(parse_rate(rate))
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), "rate_limit") from None
+        out["rate_limit"] = rate
+    if "expires_at" in data:
+        out["expires_at"] = _expires_at(data["expires_at"])
+    return out
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest("metadata must be a flat JSON object", "metadata")
+    if len(value) > METADATA_MAX_KEYS:
+        raise InvalidRequest(f"metadata holds at most {METADATA_MAX_KEYS} keys", "metadata")
+    for k, v in value.items():
+        if not k or len(k) > METADATA_MAX_KEY_LENGTH:
+            raise InvalidRequest(
+                f"metadata keys are 1 to {METADATA_MAX_KEY_LENGTH} characters", "metadata"
+            )
+        if isinstance(v, dict | list):
+            raise InvalidRequest(
+                f"metadata.{k}: metadata is flat (strings, numbers, booleans, null)", "metadata"
+            )
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InvalidRequest(f"metadata.{k}: numbers must be finite", "metadata")
+        if isinstance(v, str) and len(v) > METADATA_MAX_VALUE_LENGTH:
+            raise InvalidRequest(
+                f"metadata.{k}: values are at most {METADATA_MAX_VALUE_LENGTH} characters",
+                "metadata",
+            )
+    return dict(value)
+
+
+def _expires_at(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest("expires_at must be an ISO 8601 date-time or null", "expires_at")
+    try:
+        moment = parse_time(value)
+    except ValueError:
+        raise InvalidRequest(f"{value!r} is not an ISO 8601 date-time", "expires_at") from None
+    assert moment is not None
+    if moment <= utcnow():
+        raise InvalidRequest("expires_at must be in the future", "expires_at")
+    return isoformat(moment)
+
+
+def expires_in(duration: str) -> str:
+    """An ``expires_at`` value ``duration`` from now (for ``--expires-in``)."""
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), "expires_in") from None
+    if seconds <= 0:
+        raise InvalidRequest("expires_in must be positive", "expires_in")
+    return isoformat(utcnow() + timedelta(seconds=seconds)) or ""
+
+
+# -- operations ---------------------------------------------------------------
+
+
+class KeyService:
+    def __init__(self, store: KeyStore, config: Config, audit: Any | None = None):
+        self.store = store
+        self.config = config
+        self.audit = audit
+
+    async def _record(
+        self, actor: Actor, action: str, account_id: str, key_id: str | None, **extra: Any
+    ) -> None:
+        if self.audit is not None:
+            await self.audit.record(
+                actor=actor.id, action=action, account_id=account_id, key_id=key_id, **extra
+            )
+
+    # accounts
+
+    async def create_account(
+        self, *, name: str, email: str | None = None, plan: str = "default"
+    ) -> Account:
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise InvalidRequest(
+                "name must be a non-empty string of at most 200 characters", "name"
+            )
+        if plan not in self.config.plans:
+            known = ", ".join(sorted(self.config.plans))
+            raise InvalidRequest(
+                f"plan {plan!r} is not defined in the config (known: {known})", "plan"
+            )
+        if email is not None and ("@" not in email or len(email) > 320):
+            raise InvalidRequest(f"{email!r} is not an email address", "email")
+        account = Account(
+            id=new_id("acct"),
+            name=name.strip(),
+            email=email,
+            plan=plan,
+            created_at=isoformat(utcnow()) or "",
+        )
+        await self.store.add_account(account)
+        await self._record(CLI, "account.create", account.id, None, plan=plan)
+        return account
+
+    async def account(self, account_id: str) -> Account:
+        account = await self.store.get_account(account_id)
+        if account is None:
+            raise NotFound(f"no account {account_id!r}", "account_id")
+        return account
+
+    # keys
+
+    async def create_key(
+        self, actor: Actor, account_id: str, data: dict[str, Any]
+    ) -> tuple[KeyRecord, str]:
+        fields = validate_key_fields(data, allowed=KEY_FIELDS)
+        if "name" not in fields:
+            raise InvalidRequest("name is required", "name")
+        mode = fields.pop("mode", "test" if actor.test_only else "live")
+        if actor.test_only and mode != "test":
+            raise Forbidden("a test-mode key can create only test keys", "mode")
+        await self.account(account_id)
+        secret = generate_secret(self.config.keys.prefix, mode)
+        record = KeyRecord(
+            id=new_id("key"),
+            account_id=account_id,
+            mode=mode,
+            hash=hash_secret(secret),
+            prefix=f"{self.config.keys.prefix}_{mode}_",
+            last4=secret[-4:],
+            created_at=isoformat(utcnow()) or "",
+            **fields,
+        )
+        await self.store.add_key(record)
+        await self._record(actor, "key.create", account_id, record.id, name=record.name, mode=mode)
+        return record, secret
+
+    async def get_key(self, actor: Actor, key_id: str) -> KeyRecord:
+        record = await self.store.get_key(key_id) if isinstance(key_id, str) else None
+        if record is None or (
+            actor.account_id is not None and record.account_id != actor.account_id
+        ):
+            raise NotFound(f"no API key {key_id!r}", "id")
+        if actor.test_only and record.mode != "test":
+            raise NotFound(f"no API key {key_id!r}", "id")
+        return record
+
+    async def list_keys(
+        self,
+        actor: Actor,
+        account_id: str | None,
+        *,
+        mode: str | None = None,
+        limit: int = 10,
+        starting_after: str | None = None,
+    ) -> tuple[list[KeyRecord], bool]:
+        if mode not in (None, "live", "test"):
+            raise InvalidRequest("mode must be 'live' or 'test'", "mode")
+        if not isinstance(limit, int) or not 1 <= limit <= LIST_MAX:
+            raise InvalidRequest(f"limit must be between 1 and {LIST_MAX}", "limit")
+        if actor.test_only:
+            if mode == "live":
+                raise Forbidden("a test-mode key can see only test keys", "mode")
+            mode = "test"
+        if account_id is None:
+            accounts = [a.id for a in await self.store.list_accounts()]
+            records: list[KeyRecord] = []
+            for acct in accounts:
+                ids, _ = await self.store.list_key_ids(
+                    acct, mode=mode, limit=10**9, starting_after=None
+                )
+                records.extend(await self.store.get_keys(ids))
+            records.sort(key=lambda r: r.created_at, reverse=True)
+            return records, False
+        if starting_after is not None:
+            await self.get_key(actor, starting_after)
+        ids, more = await self.store.list_key_ids(
+            account_id, mode=mode, limit=limit, starting_after=starting_after
+        )
+        return await self.store.get_keys(ids), more
+
+    async def update_key(self, actor: Actor, key_id: str, data: dict[str, Any]) -> KeyRecord:
+        fields = validate_key_fields(data, allowed=PATCH_FIELDS)
+        record = await self.get_key(actor, key_id)
+        if record.revoked_at:
+            raise InvalidRequest("a revoked key cannot be changed", "id")
+        updated = record.evolve(**fields)
+        await self.store.save_key(updated)
+        await self._record(actor, "key.update", record.account_id, record.id, fields=sorted(fields))
+        return updated
+
+    async def revoke_key(self, actor: Actor, key_id: str) -> KeyRecord:
+        record = await self.get_key(actor, key_id)
+        if record.revoked_at:
+            return record
+        revoked = record.evolve(revoked_at=isoformat(utcnow()))
+        await self.store.save_key(revoked)
+        await self._record(actor, "key.revoke", record.account_id, record.id)
+        return revoked
+
+    async def rotate_key(
+        self, actor: Actor, key_id: str, grace_period: Any = "24h"
+    ) -> tuple[KeyRecord, str, KeyRecord]:
+        """A new key with the old one's settings; the old one expires after ``grace_period``."""
+        if grace_period is None:
+            grace_period = "24h"
+        try:
+            grace = parse_duration(grace_period)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), "grace_period") from None
+        old = await self.get_key(actor, key_id)
+        if old.status() != "active":
+            raise InvalidRequest(f"key {key_id} is {old.status()} and cannot be rotated", "id")
+        secret = generate_secret(self.config.keys.prefix, old.mode)
+        now = utcnow()
+        new = KeyRecord(
+            id=new_id("key"),
+            account_id=old.account_id,
+            name=old.name,
+            mode=old.mode,
+            hash=hash_secret(secret),
+            prefix=old.prefix,
+            last4=secret[-4:],
+            permissions=old.permissions,
+            created_at=isoformat(now) or "",
+            expires_at=old.expires_at,
+            metadata=dict(old.metadata),
+            rate_limit=old.rate_limit,
+            allowed_ips=old.allowed_ips,
+            allowed_referrers=old.allowed_referrers,
+            allowed_endpoints=old.allowed_endpoints,
+            rotated_from=old.id,
+        )
+        old_expiry = now + timedelta(seconds=grace)
+        current = parse_time(old.expires_at)
+        if current is not None and current < old_expiry:
+            old_expiry = current
+        retired = old.evolve(expires_at=isoformat(old_expiry), rotated_to=new.id)
+        await self.store.add_key(new)
+        await self.store.save_key(retired)
+        await self._record(
+            actor,
+            "key.rotate",
+            old.account_id,
+            old.id,
+            new_key_id=new.id,
+            grace_period=grace_period,
+        )
+        return new, secret, retired
+
+
+def rotation_due(record: KeyRecord, rotation_days: int, now: datetime | None = None) -> bool:
+    created = parse_time(record.created_at)
+    if created is None:
+        return False
+    return ((now or utcnow()) - created) > timedelta(days=rotation_days)

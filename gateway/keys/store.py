@@ -1,0 +1,171 @@
+"""The key store: accounts and keys in Redis, behind one small interface.
+
+Layout, under ``redis.key_prefix`` (``P``):
+
+- ``P key:{id}``            the key record (JSON; the secret's hash, never the secret)
+- ``P keyhash:{sha256}``    ``"{key id} {account id}"``: the lookup the request path makes
+- ``P acct:{id}``           the account (JSON)
+- ``P accts``               every account id, scored by creation time
+- ``P acct_keys:{id}:{all|live|test}``  the account's key ids, scored by creation time
+- ``P last_used``           key id -> last use (ISO 8601), written in batches
+- ``P invalidate``          pub/sub channel: a key's hash whenever its record changes
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+
+import redis.asyncio as aioredis
+
+from ..store.connection import STORE_ERRORS, StoreUnavailable
+from .model import Account, KeyRecord
+
+
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+class KeyStore:
+    def __init__(self, client: aioredis.Redis, prefix: str = "gw:"):
+        self.client = client
+        self.prefix = prefix
+        self.channel = prefix + "invalidate"
+
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    # -- the request path ---------------------------------------------------
+
+    async def load_by_hash(self, key_hash: str) -> tuple[KeyRecord, Account | None] | None:
+        """The key whose secret hashes to ``key_hash``, with its account; two round trips."""
+        try:
+            ref = await self.client.get(self._k("keyhash", key_hash))
+            if ref is None:
+                return None
+            key_id, _, account_id = ref.partition(" ")
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(self._k("key", key_id))
+                pipe.get(self._k("acct", account_id))
+                raw_key, raw_account = await pipe.execute()
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if raw_key is None:
+            return None
+        record = KeyRecord.from_json(raw_key)
+        if record.hash != key_hash:
+            return None
+        return record, Account.from_json(raw_account) if raw_account else None
+
+    # -- keys -------------------------------------------------------------
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        try:
+            raw = await self.client.get(self._k("key", key_id))
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return KeyRecord.from_json(raw) if raw else None
+
+    async def get_keys(self, key_ids: Iterable[str]) -> list[KeyRecord]:
+        ids = list(key_ids)
+        if not ids:
+            return []
+        try:
+            raws = await self.client.mget([self._k("key", i) for i in ids])
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return [KeyRecord.from_json(r) for r in raws if r]
+
+    async def last_used(self, key_ids: Iterable[str]) -> dict[str, str | None]:
+        ids = list(key_ids)
+        if not ids:
+            return {}
+        try:
+            values = await self.client.hmget(self._k("last_used"), ids)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return dict(zip(ids, values, strict=True))
+
+    async def add_key(self, record: KeyRecord) -> None:
+        score = _ms(record.created_at)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(self._k("key", record.id), record.to_json())
+                pipe.set(self._k("keyhash", record.hash), f"{record.id} {record.account_id}")
+                pipe.zadd(self._k("acct_keys", record.account_id, "all"), {record.id: score})
+                pipe.zadd(self._k("acct_keys", record.account_id, record.mode), {record.id: score})
+                pipe.publish(self.channel, record.hash)
+                await pipe.execute()
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def save_key(self, record: KeyRecord) -> None:
+        """Replace an existing key's record and tell every replica to drop its copy."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(self._k("key", record.id), record.to_json())
+                pipe.publish(self.channel, record.hash)
+                await pipe.execute()
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def list_key_ids(
+        self, account_id: str, *, mode: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[str], bool]:
+        """A page of the account's key ids, newest first, and whether more follow."""
+        index = self._k("acct_keys", account_id, mode or "all")
+        try:
+            start = 0
+            if starting_after:
+                rank = await self.client.zrevrank(index, starting_after)
+                if rank is None:
+                    return [], False
+                start = rank + 1
+            ids = await self.client.zrevrange(index, start, start + limit)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return ids[:limit], len(ids) > limit
+
+    # -- accounts -----------------------------------------------------------
+
+    async def add_account(self, account: Account) -> None:
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(self._k("acct", account.id), account.to_json())
+                pipe.zadd(self._k("accts"), {account.id: _ms(account.created_at)})
+                await pipe.execute()
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def get_account(self, account_id: str) -> Account | None:
+        try:
+            raw = await self.client.get(self._k("acct", account_id))
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return Account.from_json(raw) if raw else None
+
+    async def list_accounts(self) -> list[Account]:
+        try:
+            ids = await self.client.zrange(self._k("accts"), 0, -1)
+            raws = await self.client.mget([self._k("acct", i) for i in ids]) if ids else []
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return [Account.from_json(r) for r in raws if r]
+
+    async def publish_invalidation(self, key_hashes: Iterable[str]) -> None:
+        try:
+            for key_hash in key_hashes:
+                await self.client.publish(self.channel, key_hash)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+
+def dumps(data: object) -> str:
+    return json.dumps(data, separators=(",", ":"))

@@ -1,0 +1,20 @@
+"""The paths the gateway answers itself, before routes (SPEC §7, §11)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..runtime import LocalHandler, Runtime
+
+
+def local_routes(runtime: Runtime) -> tuple[tuple[str, bool, LocalHandler], ...]:
+    """(path, matches-below-too, handler) for each path answered locally."""
+    config = runtime.config
+    if not config.management.enabled:
+        return ()
+    from ..forward_auth import forward_auth_routes
+    from .api import management_routes
+
+    prefix = config.management.path_prefix
+    return (*forward_auth_routes(runtime, prefix), *management_routes(runtime, prefix))

@@ -1,0 +1,1 @@
+"""Operating the gateway: admin port, metrics, access log."""

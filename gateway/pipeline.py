@@ -1,0 +1,118 @@
+"""The request pipeline of SPEC §4 from credentials to rate limit.
+
+Used by the proxy, the management API and forward auth alike: each asks
+:meth:`Pipeline.authenticate` for a :class:`Principal` or a :class:`Denial`
+and answers in its own way. Checks run in the SPEC's order; only faults
+(the store down) raise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .checks.credentials import bearer_token
+from .checks.endpoint import endpoint_allowed
+from .checks.ip import IPAddress, ip_allowed
+from .checks.key_status import key_status_denial
+from .checks.permission import permission_denial
+from .checks.referrer import referrer_allowed
+from .denials import Denial
+from .keys.cache import KeyCache
+from .keys.format import hash_secret, parse_mode
+from .keys.model import CompiledKey
+from .store.connection import StoreUnavailable
+
+if TYPE_CHECKING:
+    from .ratelimit.limiter import RateLimitDecision
+
+INVALID_KEY = Denial("invalid_api_key")
+IP_NOT_ALLOWED = Denial("ip_not_allowed")
+REFERRER_NOT_ALLOWED = Denial("referrer_not_allowed")
+ENDPOINT_NOT_ALLOWED = Denial("endpoint_not_allowed")
+BACKEND_DOWN = Denial("auth_backend_unavailable", headers={"Retry-After": "5"})
+
+
+@dataclass(slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    key: CompiledKey
+    rate: RateLimitDecision | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one request presented, for the checks to read."""
+
+    method: str
+    path: str
+    authorization: list[str]
+    client_ip: IPAddress | None
+    referer: str | None
+    route_name: str
+    required_permission: str | None
+    route_rate_limit: object | None = None
+    key: CompiledKey | None = field(default=None)
+
+
+class Pipeline:
+    def __init__(self, *, prefix: str, cache: KeyCache, limiter=None, usage=None, clock=time.time):
+        self.prefix = prefix
+        self.cache = cache
+        self.limiter = limiter
+        self.usage = usage
+        self.clock = clock
+
+    async def identify(self, authorization: list[str]) -> CompiledKey | Denial:
+        token = bearer_token(authorization)
+        if isinstance(token, Denial):
+            return token
+        if parse_mode(token, self.prefix) is None:
+            return INVALID_KEY  # never reaches the store
+        try:
+            key = await self.cache.get(hash_secret(token))
+        except StoreUnavailable:
+            return BACKEND_DOWN
+        return key if key is not None else INVALID_KEY
+
+    async def authenticate(self, attempt: Attempt) -> Principal | Denial:
+        key = await self.identify(attempt.authorization)
+        if isinstance(key, Denial):
+            return key
+        attempt.key = key
+        denial = self.restrict(key, attempt)
+        if denial is not None:
+            self._count(key, attempt.route_name, denial.code)
+            return denial
+        principal = Principal(key)
+        if self.limiter is not None:
+            decision = await self.limiter.check(key, attempt.route_name, attempt.route_rate_limit)
+            if decision is not None:
+                principal.rate = decision
+                if not decision.allowed:
+                    self._count(key, attempt.route_name, "rate_limit_exceeded")
+                    return decision.denial()
+        self._count(key, attempt.route_name, None)
+        return principal
+
+    def restrict(self, key: CompiledKey, attempt: Attempt) -> Denial | None:
+        """Status, restrictions and permission, in the SPEC's order."""
+        denial = key_status_denial(key, self.clock())
+        if denial is not None:
+            return denial
+        if key.allowed_ips and not ip_allowed(attempt.client_ip, key.allowed_ips):
+            return IP_NOT_ALLOWED
+        if key.allowed_referrers and not referrer_allowed(attempt.referer, key.allowed_referrers):
+            return REFERRER_NOT_ALLOWED
+        if key.allowed_endpoints and not endpoint_allowed(
+            attempt.method, attempt.path, key.allowed_endpoints
+        ):
+            return ENDPOINT_NOT_ALLOWED
+        return permission_denial(key.permissions, attempt.required_permission)
+
+    def _count(self, key: CompiledKey, route: str, code: str | None) -> None:
+        if self.usage is not None:
+            self.usage.record(key, route, code)

@@ -1,0 +1,299 @@
+"""Shared fixtures: a real Redis, a real upstream, the real gateway on loopback.
+
+The store is the Redis at ``$REDIS_URL`` when set, else an embedded
+``redis-server`` started for the session. Every test gets a key prefix of its
+own and its keys are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.app import RUNTIME, create_app
+from gateway.config import Config, parse_config
+from gateway.demo.upstream import create_upstream
+from gateway.keys.audit import AuditLog
+from gateway.keys.service import CLI, KeyService
+from gateway.keys.store import KeyStore
+from gateway.runtime import Runtime
+from gateway.store.connection import StoreHandle
+from gateway.store.embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "test-output"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="gw-redis-", dir="/tmp") as tmp:
+        server = EmbeddedRedis(tmp).start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"gwtest:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    keys = [k async for k in client.scan_iter(match=key_prefix + "*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def base_config(redis_url: str, key_prefix: str) -> Callable[..., dict[str, Any]]:
+    """A config dict on the test Redis and prefix; pass sections to override."""
+
+    def make(**sections: Any) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "server": {"host": "127.0.0.1", "port": 0, "access_log": True},
+            "admin": {"host": "127.0.0.1", "port": 0},
+            "redis": {"url": redis_url, "key_prefix": key_prefix},
+            "plans": {"default": {"rate_limit": "100000/minute"}, "pro": {"rate_limit": "1000000/minute"}},
+        }
+        for name, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(name), dict):
+                data[name] = {**data[name], **value}
+            else:
+                data[name] = value
+        return data
+
+    return make
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[TestServer]:
+    server = TestServer(create_upstream("upstream"), host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def test_upstream() -> AsyncIterator[TestServer]:
+    server = TestServer(create_upstream("test-upstream"), host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+def upstream_url(server: TestServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+class Gateway:
+    """A gateway app running in this test's event loop on a real loopback socket."""
+
+    def __init__(self, server: TestServer, config: Config):
+        self.server = server
+        self.config = config
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.server.app[RUNTIME]
+
+    @property
+    def service(self) -> KeyService:
+        return self.runtime.service
+
+
+@pytest.fixture
+async def start_gateway(redis_client: aioredis.Redis) -> AsyncIterator[Callable[..., Any]]:
+    servers: list[TestServer] = []
+
+    async def start(config_data: dict[str, Any]) -> Gateway:
+        config = parse_config(config_data)
+        app = create_app(config, store_factory=lambda c: StoreHandle(
+            aioredis.Redis.from_url(c.redis.url, decode_responses=True), None, c.redis.url))  # fmt: skip
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        listener = server.app[RUNTIME].extras["invalidation"]
+        await asyncio.wait_for(listener.connected.wait(), 5)
+        return Gateway(server, config)
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def new_account(service: KeyService, plan: str = "default", name: str = "Acme") -> str:
+    account = await service.create_account(name=name, email="ops@acme.test", plan=plan)
+    return account.id
+
+
+async def new_key(service: KeyService, account_id: str, **fields: Any) -> tuple[str, str]:
+    """Create a key; returns (key id, secret)."""
+    fields.setdefault("name", "test key")
+    record, secret = await service.create_key(CLI, account_id, fields)
+    return record.id, secret
+
+
+def service_for(client: aioredis.Redis, config: Config) -> KeyService:
+    store = KeyStore(client, config.redis.key_prefix)
+    return KeyService(store, config, audit=AuditLog(client, config.redis.key_prefix))
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+# -- gateway processes -----------------------------------------------------------
+
+
+class GatewayProcess:
+    """``gateway serve`` as a real process, for tests of signals and of several replicas."""
+
+    def __init__(self, config_path: Path, port: int, admin_port: int, log_path: Path):
+        self.config_path = config_path
+        self.port = port
+        self.admin_port = admin_port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None) -> GatewayProcess:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--config", str(self.config_path), "serve", *extra],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(self.config_path.parent),
+            env={**os.environ, **(env or {})},
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    started: list[GatewayProcess] = []
+
+    def make(config_data: dict[str, Any], name: str = "gw") -> GatewayProcess:
+        config_data = json.loads(json.dumps(config_data))
+        port, admin_port = free_port(), free_port()
+        config_data.setdefault("server", {})["port"] = port
+        config_data.setdefault("admin", {})["port"] = admin_port
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config_data))
+        process = GatewayProcess(path, port, admin_port, tmp_path / f"{name}.log")
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.stop()
+
+
+def run_cli(config_path: Path | str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data))))
+    return path
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT.mkdir(exist_ok=True)
+    return OUTPUT
+
+
+__all__ = ["web"]

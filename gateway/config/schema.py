@@ -107,6 +107,13 @@ class ManagementConfig(_Model):
     enabled: bool = True
 
 
+class DashboardConfig(_Model):
+    """The key-management web page, served on the public port (same origin as the API)."""
+
+    enabled: bool = True
+    path: str = Field("/dashboard", pattern=r"^(/[A-Za-z0-9._~-]+)+$")
+
+
 class RateLimitsConfig(_Model):
     on_store_error: Literal["allow", "deny", "local"] = "local"
 
@@ -189,6 +196,7 @@ class Config(_Model):
     redis: RedisConfig = RedisConfig()
     keys: KeysConfig = KeysConfig()
     management: ManagementConfig = ManagementConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     plans: dict[str, PlanConfig] = Field(default_factory=lambda: {"default": PlanConfig()})
     routes: tuple[RouteConfig, ...] = ()

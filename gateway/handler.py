@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from .checks.https import is_https
 from .checks.ip import client_ip, in_networks, parse_ip
@@ -17,7 +18,8 @@ from .pipeline import Attempt, Principal
 from .proxy.forward import PayloadTooLarge, UpstreamFailure, forward
 from .proxy.headers import upstream_request_headers
 from .proxy.paths import PathError, normalise_path
-from .runtime import Runtime
+from .routing import Route
+from .runtime import Runtime, Snapshot
 
 log = logging.getLogger("gateway.handler")
 
@@ -156,11 +158,7 @@ class PublicHandler:
             return error_response(ROUTE_NOT_FOUND, ctx.request_id), "-", None, ROUTE_NOT_FOUND.code
         method = request.method
         if not route.allows(method):
-            denial = Denial(
-                "method_not_allowed",
-                {"allowed": sorted(route.methods or ())},
-                {"Allow": route.allow_header},
-            )
+            denial = method_not_allowed(route)
             return error_response(denial, ctx.request_id), route.name, None, denial.code
         length = request.content_length
         if length is not None and length > server.max_body_bytes:
@@ -170,19 +168,8 @@ class PublicHandler:
         identity: tuple[tuple[str, str], ...] = ()
         extra: dict[str, str] | None = None
         if route.auth_required:
-            attempt = Attempt(
-                method=method,
-                path=ctx.path,
-                authorization=request.headers.getall("Authorization", []),
-                client_ip=client_ip(
-                    peer, request.headers.getall("X-Forwarded-For", []), snapshot.trusted_proxies
-                )
-                if ctx.peer_trusted
-                else parse_ip(peer),
-                referer=request.headers.get("Referer") or request.headers.get("Origin"),
-                route_name=route.name,
-                required_permission=route.required_permission(method),
-                route_rate_limit=route.rate_limit,
+            attempt = build_attempt(
+                snapshot, route, method, ctx.path, request.headers, peer, ctx.peer_trusted
             )
             result = await rt.pipeline.authenticate(attempt)
             key_id = attempt.key.id if attempt.key is not None else None
@@ -229,6 +216,38 @@ class PublicHandler:
                 failure.denial.code,
             )
         return response, route.name, key_id, None
+
+
+def method_not_allowed(route: Route) -> Denial:
+    return Denial(
+        "method_not_allowed",
+        {"allowed": sorted(route.methods or ())},
+        {"Allow": route.allow_header},
+    )
+
+
+def build_attempt(
+    snapshot: Snapshot,
+    route: Route,
+    method: str,
+    path: str,
+    headers: CIMultiDictProxy[str],
+    peer: str | None,
+    peer_trusted: bool,
+) -> Attempt:
+    """What a request presents to the pipeline (shared by the proxy and forward auth)."""
+    return Attempt(
+        method=method,
+        path=path,
+        authorization=headers.getall("Authorization", []),
+        client_ip=client_ip(peer, headers.getall("X-Forwarded-For", []), snapshot.trusted_proxies)
+        if peer_trusted
+        else parse_ip(peer),
+        referer=headers.get("Referer") or headers.get("Origin"),
+        route_name=route.name,
+        required_permission=route.required_permission(method),
+        route_rate_limit=route.rate_limit,
+    )
 
 
 def _trusted(peer: str | None, trusted) -> bool:

@@ -333,8 +333,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a sub-command's own (absent) --config must not reset one given before the verb.
     common.add_argument(
-        "--config", help="config file (default: $GATEWAY_CONFIG or config/gateway.yaml)"
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config file (default: $GATEWAY_CONFIG or config/gateway.yaml)",
     )
     parser = argparse.ArgumentParser(
         prog="gateway", description="API-key authentication gateway", parents=[common]
@@ -427,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
     try:
         return args.func(args)
     except Refused as exc:

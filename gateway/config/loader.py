@@ -81,14 +81,16 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         raise ConfigError(source, ["(top level): expected a mapping of sections"])
     env_errors: list[str] = []
     data = _expand_env(data, "", env_errors)
-    if env_errors:
-        raise ConfigError(source, env_errors)
+    # Report every problem at once: unset variables, duplicate names, then the schema's.
+    env_paths = {e.split(": ", 1)[0] for e in env_errors}
+    errors = env_errors + _duplicate_route_names(data)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        errors = []
         for err in exc.errors():
             where = format_location(err["loc"])
+            if where in env_paths:
+                continue  # already reported as the unset variable it came from
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown field"
@@ -98,7 +100,30 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
                 errors.append(message)
             else:
                 errors.append(f"{where or '(top level)'}: {message}")
-        raise ConfigError(source, errors) from None
+    if errors:
+        raise ConfigError(source, list(dict.fromkeys(errors)))
+    return config
+
+
+def _duplicate_route_names(data: dict[str, Any]) -> list[str]:
+    """Checked on the raw data too, so it is reported even when a route has other errors."""
+    routes = data.get("routes")
+    if not isinstance(routes, list):
+        return []
+    seen: dict[str, int] = {}
+    errors = []
+    for index, route in enumerate(routes):
+        name = route.get("name") if isinstance(route, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            errors.append(
+                f"routes[{index}].name: duplicate route name {name!r} "
+                f"(first used by routes[{seen[name]}])"
+            )
+        else:
+            seen[name] = index
+    return errors
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

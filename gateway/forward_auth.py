@@ -1,12 +1,139 @@
-"""Forward authentication (SPEC §11): the pipeline's decision without proxying."""
+"""Forward authentication (SPEC §11): the pipeline's decision without proxying.
+
+nginx ``auth_request``, Traefik ``ForwardAuth``, Envoy ``ext_authz`` and
+ingress-nginx send the gateway a copy of the client's request headers and ask
+"may this request pass?". The answer is the proxy mode's, for the original
+request: the same route, method, key, restriction, permission and rate-limit
+checks in the same order, the same refusal (status, envelope,
+``WWW-Authenticate``, ``Retry-After``, ``X-Request-Id``), and on success a
+bodiless 200 carrying the ``X-Gateway-*`` identity headers and the rate-limit
+headers for the proxy to copy upstream.
+
+The original request is read from:
+
+- URI: ``X-Forwarded-Uri`` (Traefik, ingress-nginx), ``X-Original-URI`` (nginx
+  examples), else the path after ``/auth/check`` (Envoy ``ext_authz`` with a
+  ``path_prefix``);
+- method: ``X-Forwarded-Method`` or ``X-Original-Method``, else the check
+  request's own;
+- scheme: ``X-Forwarded-Proto``, believed only from ``server.trusted_proxies``
+  (as in the proxy mode, so ``require_https`` is decided before this handler);
+- client IP: the TCP peer, or behind trusted proxies the right-most untrusted
+  ``X-Forwarded-For`` entry (SPEC §3).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .denials import Denial, error_response
+from .handler import ROUTE_NOT_FOUND, build_attempt, method_not_allowed
+from .pipeline import Principal
+from .proxy.paths import PathError, normalise_path
 
 if TYPE_CHECKING:
+    from .handler import RequestContext
     from .runtime import LocalHandler, Runtime
+
+CHECK_PATH = "/auth/check"
+URI_HEADERS = ("X-Forwarded-Uri", "X-Original-URI")
+METHOD_HEADERS = ("X-Forwarded-Method", "X-Original-Method")
+_METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")  # an RFC 9110 token
+
+
+class OriginalRequestError(ValueError):
+    """The proxy's description of the original request cannot be used."""
 
 
 def forward_auth_routes(runtime: Runtime, prefix: str) -> list[tuple[str, bool, LocalHandler]]:
-    return []
+    path = prefix + CHECK_PATH
+    return [(path, True, ForwardAuth(runtime, path))]
+
+
+class ForwardAuth:
+    """The ``/auth/check`` handler: one access decision per call."""
+
+    def __init__(self, runtime: Runtime, path: str):
+        self.runtime = runtime
+        self.path = path
+
+    async def __call__(self, request: web.BaseRequest, ctx: RequestContext) -> web.Response:
+        snapshot = self.runtime.snapshot
+        headers = request.headers
+        try:
+            method = original_method(headers, request.method)
+            path = original_path(headers, ctx.path, self.path)
+        except (OriginalRequestError, PathError) as exc:
+            return self.refuse(Denial("bad_request", {"reason": str(exc)}), ctx)
+        route = snapshot.router.match(path)
+        if route is None:
+            return self.refuse(ROUTE_NOT_FOUND, ctx)
+        ctx.route = route
+        if not route.allows(method):
+            return self.refuse(method_not_allowed(route), ctx)
+        if not route.auth_required:
+            return self.allow(None, ctx)
+        attempt = build_attempt(
+            snapshot, route, method, path, headers, request.remote, ctx.peer_trusted
+        )
+        result = await self.runtime.pipeline.authenticate(attempt)
+        if isinstance(result, Denial):
+            return self.refuse(result, ctx)
+        return self.allow(result, ctx)
+
+    @staticmethod
+    def allow(principal: Principal | None, ctx: RequestContext) -> web.Response:
+        response = web.Response(status=200)
+        out = response.headers
+        out["X-Request-Id"] = ctx.request_id
+        out["Cache-Control"] = "no-store"
+        if principal is not None:
+            ctx.principal = principal
+            for name, value in principal.key.upstream_headers:
+                out[name] = value
+            if principal.rate is not None:
+                out.update(principal.rate.headers())
+        return response
+
+    @staticmethod
+    def refuse(denial: Denial, ctx: RequestContext) -> web.Response:
+        ctx.code = denial.code
+        return error_response(denial, ctx.request_id)
+
+
+def _single(headers, names: tuple[str, ...]) -> str | None:
+    for name in names:
+        values = headers.getall(name, ())
+        if len(values) > 1:
+            raise OriginalRequestError(f"{name} is sent more than once")
+        if values:
+            return values[0].strip()
+    return None
+
+
+def original_method(headers, own: str) -> str:
+    method = _single(headers, METHOD_HEADERS)
+    if method is None:
+        return own
+    if not _METHOD.match(method):
+        raise OriginalRequestError("the original method is not an HTTP method token")
+    return method
+
+
+def original_path(headers, check_path: str, prefix: str) -> str:
+    """The original request's normalised path (SPEC §6); raises on an unsafe one."""
+    uri = _single(headers, URI_HEADERS)
+    if uri is None:
+        rest = check_path[len(prefix) :]
+        return normalise_path(rest or "/")
+    if not uri.startswith("/"):
+        parts = urlsplit(uri)  # an absolute URI: keep its path
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise OriginalRequestError("the original URI must be a path or an http(s) URL")
+        uri = parts.path or "/"
+    raw = uri.split("?", 1)[0].split("#", 1)[0]
+    return normalise_path(raw)

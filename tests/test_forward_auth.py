@@ -1,0 +1,295 @@
+"""Forward authentication (SPEC §11) in-process: every outcome, and parity with the proxy mode.
+
+Each refusal is asked twice, once through the proxy and once through
+``/v1/auth/check`` describing the same request in the headers a proxy sends;
+the client must see the same status, envelope, ``WWW-Authenticate``,
+``Retry-After``, ``Allow`` and ``X-Request-Id`` either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from conftest import bearer, new_account, new_key, upstream_url
+from multidict import CIMultiDict
+
+from gateway.keys.service import CLI
+
+CHECK = "/v1/auth/check"
+COMPARED = ("WWW-Authenticate", "Retry-After", "Allow", "X-Request-Id", "Content-Type")
+
+
+def routes(upstream, **extra):
+    url = upstream_url(upstream)
+    return [
+        {
+            "name": "users",
+            "match": "/v1/users",
+            "upstream": url,
+            "methods": ["GET", "POST", "DELETE"],
+            "permissions": {"GET": "read", "*": "write"},
+            **extra,
+        },
+        {"name": "public", "match": "/public", "upstream": url, "auth": "none"},
+    ]
+
+
+@pytest.fixture
+async def gw(start_gateway, base_config, upstream):
+    return await start_gateway(base_config(routes=routes(upstream)))
+
+
+def rid() -> str:
+    return "req-" + uuid.uuid4().hex
+
+
+async def ask(http, gw, method, uri, headers=None, style="traefik"):
+    """The same request asked as forward auth, in the header dialect of one proxy."""
+    headers = dict(headers or {})
+    if style == "traefik":
+        headers.update({"X-Forwarded-Method": method, "X-Forwarded-Uri": uri})
+        url, own = gw.url + CHECK, "GET"
+    elif style == "nginx":
+        headers.update({"X-Original-Method": method, "X-Original-URI": uri})
+        url, own = gw.url + CHECK, "GET"
+    else:  # envoy ext_authz: the original method and path after the prefix
+        url, own = gw.url + CHECK + uri, method
+    async with http.request(own, url, headers=headers) as resp:
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+async def proxied(http, gw, method, uri, headers=None):
+    async with http.request(method, gw.url + uri, headers=headers or {}) as resp:
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+async def assert_same_refusal(http, gw, method, uri, headers, code, status):
+    headers = {"X-Request-Id": rid(), **headers}
+    p_status, p_headers, p_body = await proxied(http, gw, method, uri, headers)
+    for style in ("traefik", "nginx", "envoy"):
+        f_status, f_headers, f_body = await ask(http, gw, method, uri, headers, style)
+        assert (f_status, f_body) == (p_status, p_body), style
+        for name in COMPARED:
+            assert f_headers.get(name) == p_headers.get(name), (style, name)
+    assert p_status == status
+    assert f'"code":"{code}"' in p_body.decode()
+    assert p_headers["X-Request-Id"] == headers["X-Request-Id"]
+    return p_headers
+
+
+async def test_valid_key_is_200_empty_with_the_identity_the_upstream_would_get(gw, http):
+    account = await new_account(gw.service)
+    key_id, secret = await new_key(gw.service, account, permissions=["read"], metadata={"t": 1})
+    async with http.get(gw.url + "/v1/users/7", headers=bearer(secret)) as resp:
+        upstream_saw = {
+            k: v for k, v in (await resp.json())["headers"] if k.startswith("X-Gateway-")
+        }
+    for style in ("traefik", "nginx", "envoy"):
+        status, headers, body = await ask(http, gw, "GET", "/v1/users/7?x=1", bearer(secret), style)
+        assert (status, body) == (200, b""), style
+        assert {
+            k: v for k, v in headers.items() if k.lower().startswith("x-gateway-")
+        } == upstream_saw
+        assert headers["X-Gateway-Key-Id"] == key_id
+        assert headers["X-Gateway-Account-Id"] == account
+        assert headers["X-Gateway-Key-Metadata"] == '{"t":1}'
+        assert headers["X-Request-Id"].startswith("req_")
+
+
+async def test_any_method_asks_and_the_request_id_is_kept(gw, http):
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["write"])
+    for own in ("GET", "POST", "HEAD", "PUT"):
+        given = rid()
+        headers = {**bearer(secret), "X-Request-Id": given}
+        headers.update({"X-Forwarded-Method": "DELETE", "X-Forwarded-Uri": "/v1/users/1"})
+        async with http.request(own, gw.url + CHECK, headers=headers) as resp:
+            assert resp.status == 200, own
+            assert resp.headers["X-Request-Id"] == given
+
+
+async def test_missing_malformed_invalid_and_unknown_keys_refuse_as_the_proxy_does(gw, http):
+    await assert_same_refusal(http, gw, "GET", "/v1/users", {}, "missing_api_key", 401)
+    for header in ("Basic abc", "Bearer", "Bearer a b", "sk_live_x"):
+        h = await assert_same_refusal(
+            http,
+            gw,
+            "GET",
+            "/v1/users",
+            {"Authorization": header},
+            "invalid_authorization_header",
+            401,
+        )
+        assert h["WWW-Authenticate"] == 'Bearer realm="api", error="invalid_request"'
+    h = await assert_same_refusal(
+        http, gw, "GET", "/v1/users", bearer("sk_live_" + "a" * 38), "invalid_api_key", 401
+    )
+    assert h["WWW-Authenticate"] == 'Bearer realm="api", error="invalid_token"'
+    # Well-formed, right checksum, never issued.
+    from gateway.keys.format import generate_secret
+
+    await assert_same_refusal(
+        http, gw, "GET", "/v1/users", bearer(generate_secret("sk", "live")), "invalid_api_key", 401
+    )
+
+
+async def test_revoked_key_is_refused_within_a_second_of_revocation(gw, http):
+    account = await new_account(gw.service)
+    key_id, secret = await new_key(gw.service, account, permissions=["read"])
+    assert (await ask(http, gw, "GET", "/v1/users", bearer(secret)))[0] == 200
+    await gw.service.revoke_key(CLI, key_id)
+    deadline = time.monotonic() + 1.0
+    while (await ask(http, gw, "GET", "/v1/users", bearer(secret)))[0] == 200:
+        assert time.monotonic() < deadline, "still allowed a second after revocation"
+        await asyncio.sleep(0.02)
+    await assert_same_refusal(http, gw, "GET", "/v1/users", bearer(secret), "revoked_api_key", 401)
+
+
+async def test_expired_key_refuses_as_the_proxy_does(gw, http):
+    account = await new_account(gw.service)
+    key_id, secret = await new_key(gw.service, account, permissions=["read"])
+    record = await gw.runtime.store.get_key(key_id)
+    await gw.runtime.store.save_key(record.evolve(expires_at="2020-01-01T00:00:00Z"))
+    await assert_same_refusal(http, gw, "GET", "/v1/users", bearer(secret), "expired_api_key", 401)
+
+
+async def test_permission_is_for_the_original_method(gw, http):
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    assert (await ask(http, gw, "GET", "/v1/users/1", bearer(secret)))[0] == 200
+    h = await assert_same_refusal(
+        http, gw, "POST", "/v1/users/1", bearer(secret), "insufficient_permissions", 403
+    )
+    assert h["WWW-Authenticate"] == 'Bearer realm="api", error="insufficient_scope", scope="write"'
+
+
+async def test_endpoint_restriction_is_matched_on_the_normalised_original_uri(gw, http):
+    account = await new_account(gw.service)
+    _, secret = await new_key(
+        gw.service, account, permissions=["write"], allowed_endpoints=["GET /v1/users/*"]
+    )
+    for uri in ("/v1/users/7", "/v1/users/7?q=/secret", "/v1/./users//7", "/v1/users/x/../7"):
+        for style in ("traefik", "nginx"):
+            assert (await ask(http, gw, "GET", uri, bearer(secret), style))[0] == 200, (uri, style)
+    assert (await ask(http, gw, "GET", "/v1/users/7", bearer(secret), "envoy"))[0] == 200
+    for method, uri in (
+        ("GET", "/v1/users/7/secrets"),
+        ("POST", "/v1/users/7"),
+        ("GET", "/v1/users"),
+    ):
+        await assert_same_refusal(
+            http, gw, method, uri, bearer(secret), "endpoint_not_allowed", 403
+        )
+
+
+async def test_referrer_restriction_reads_the_original_referer(gw, http):
+    account = await new_account(gw.service)
+    _, secret = await new_key(
+        gw.service, account, permissions=["read"], allowed_referrers=["https://app.example.com/*"]
+    )
+    ok = {**bearer(secret), "Referer": "https://app.example.com/page"}
+    assert (await ask(http, gw, "GET", "/v1/users", ok))[0] == 200
+    for bad in ({"Referer": "https://app.example.com.evil.net/"}, {}):
+        await assert_same_refusal(
+            http, gw, "GET", "/v1/users", {**bearer(secret), **bad}, "referrer_not_allowed", 403
+        )
+
+
+async def test_ip_restriction_believes_x_forwarded_for_only_from_trusted_proxies(
+    start_gateway, base_config, upstream, http
+):
+    trusted = await start_gateway(
+        base_config(routes=routes(upstream), server={"trusted_proxies": ["127.0.0.1/32"]})
+    )
+    untrusted = await start_gateway(base_config(routes=routes(upstream)))
+    account = await new_account(trusted.service)
+    _, secret = await new_key(
+        trusted.service, account, permissions=["read"], allowed_ips=["203.0.113.0/24"]
+    )
+    client = {**bearer(secret), "X-Forwarded-For": "203.0.113.9"}
+    assert (await ask(http, trusted, "GET", "/v1/users", client))[0] == 200
+    # The right-most entry that is not a trusted proxy is the client.
+    spoofed = {**bearer(secret), "X-Forwarded-For": "203.0.113.9, 198.51.100.4"}
+    await assert_same_refusal(http, trusted, "GET", "/v1/users", spoofed, "ip_not_allowed", 403)
+    # From an untrusted peer the header changes nothing: the client is 127.0.0.1.
+    await assert_same_refusal(http, untrusted, "GET", "/v1/users", client, "ip_not_allowed", 403)
+
+
+async def test_route_method_and_path_failures_refuse_as_the_proxy_does(gw, http):
+    await assert_same_refusal(http, gw, "GET", "/nowhere", {}, "route_not_found", 404)
+    await assert_same_refusal(http, gw, "GET", "/v1/usersX", {}, "route_not_found", 404)
+    h = await assert_same_refusal(http, gw, "PATCH", "/v1/users/1", {}, "method_not_allowed", 405)
+    assert h["Allow"] == "DELETE, GET, HEAD, POST"
+    for uri in ("/v1/users/%2e%2e/%2e%2e/%2e%2e/etc", "/v1/users/a%2fb", "/v1/users/a%00"):
+        for style in ("traefik", "nginx"):
+            status, headers, body = await ask(http, gw, "GET", uri, {}, style)
+            assert status == 400, (uri, style)
+            assert b'"code":"bad_request"' in body
+            assert headers["X-Request-Id"].startswith("req_")
+
+
+async def test_a_bad_description_of_the_original_request_is_400(gw, http):
+    for extra in (
+        {"X-Forwarded-Uri": "v1/users"},
+        {"X-Forwarded-Uri": "ftp://host/v1/users"},
+        {"X-Forwarded-Method": "GE T", "X-Forwarded-Uri": "/v1/users"},
+    ):
+        async with http.get(gw.url + CHECK, headers=extra) as resp:
+            assert resp.status == 400, extra
+            assert (await resp.json())["error"]["code"] == "bad_request"
+    async with http.get(
+        gw.url + CHECK, headers=[("X-Forwarded-Uri", "/public"), ("X-Forwarded-Uri", "/v1/users")]
+    ) as resp:
+        assert resp.status == 400
+
+
+async def test_absolute_original_uri_is_read_for_its_path(gw, http):
+    status, _, body = await ask(http, gw, "GET", "https://api.example.com/v1/users/1", {})
+    assert status == 401 and b"missing_api_key" in body
+    status, _, _ = await ask(http, gw, "GET", "https://api.example.com/public/x", {})
+    assert status == 200
+
+
+async def test_auth_none_route_is_allowed_without_identity_even_with_a_bad_header(gw, http):
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["admin"])
+    for headers in ({}, {"Authorization": "Basic zzz"}, bearer(secret)):
+        for style in ("traefik", "nginx", "envoy"):
+            status, out, body = await ask(http, gw, "GET", "/public/page", headers, style)
+            assert (status, body) == (200, b"")
+            assert not [k for k in out if k.lower().startswith("x-gateway-")]
+            assert out["X-Request-Id"]
+
+
+async def test_https_required_reads_the_trusted_proxys_scheme(
+    start_gateway, base_config, upstream, http
+):
+    cfg = dict(require_https=True, trusted_proxies=["127.0.0.1/32"])
+    gw = await start_gateway(base_config(routes=routes(upstream), server=cfg))
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    https = {**bearer(secret), "X-Forwarded-Proto": "https"}
+    assert (await ask(http, gw, "GET", "/v1/users", https))[0] == 200
+    await assert_same_refusal(
+        http,
+        gw,
+        "GET",
+        "/v1/users",
+        {**bearer(secret), "X-Forwarded-Proto": "http"},
+        "https_required",
+        403,
+    )
+    other = await start_gateway(
+        base_config(routes=routes(upstream), server={**cfg, "trusted_proxies": ["10.9.9.9/32"]})
+    )
+    await assert_same_refusal(http, other, "GET", "/v1/users", https, "https_required", 403)
+
+
+async def test_the_check_path_is_not_a_prefix_match_for_lookalikes(gw, http):
+    async with http.get(
+        gw.url + "/v1/auth/checker", headers={"X-Forwarded-Uri": "/public"}
+    ) as resp:
+        assert resp.status == 404  # no route, not the check endpoint

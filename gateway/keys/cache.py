@@ -48,7 +48,7 @@ class KeyCache:
         self._stale_if_error = stale_if_error
         self._clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[CompiledKey | None]] = {}
+        self._inflight: dict[str, asyncio.Task[CompiledKey | None]] = {}
         self._dirty_loads: set[str] = set()  # invalidated while their load was in flight
         self.hits = 0
         self.misses = 0
@@ -75,29 +75,29 @@ class KeyCache:
             return entry.value
         self.misses += 1
         pending = self._inflight.get(key_hash)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[CompiledKey | None] = asyncio.get_running_loop().create_future()
-        self._inflight[key_hash] = future
+        if pending is None:
+            # The load runs in a task of its own: a caller that is cancelled (its client
+            # hung up) must not cancel the load the other waiters share.
+            pending = asyncio.get_running_loop().create_task(self._load(key_hash, entry, now))
+            pending.add_done_callback(_retrieve)
+            self._inflight[key_hash] = pending
+        return await asyncio.shield(pending)
+
+    async def _load(self, key_hash: str, entry: _Entry | None, now: float) -> CompiledKey | None:
         try:
             value = await self._loader(key_hash)
-        except StoreUnavailable as exc:
-            usable = entry is not None and entry.value is not None
-            if usable and now - entry.fresh_until < self._stale_if_error:
+        except StoreUnavailable:
+            if (
+                entry is not None
+                and entry.value is not None
+                and now - entry.fresh_until < self._stale_if_error
+            ):
                 self.stale_served += 1
-                future.set_result(entry.value)
                 return entry.value
-            future.set_exception(exc)
-            future.exception()  # marked retrieved; waiters still receive it
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
             raise
         else:
             if key_hash not in self._dirty_loads:
                 self._store(key_hash, value, now)
-            future.set_result(value)
             return value
         finally:
             self._inflight.pop(key_hash, None)
@@ -130,3 +130,9 @@ class KeyCache:
     def clear(self) -> None:
         self._entries.clear()
         self._dirty_loads.update(self._inflight)
+
+
+def _retrieve(task: asyncio.Task[CompiledKey | None]) -> None:
+    """Mark a load's failure as seen even when every caller has gone."""
+    if not task.cancelled():
+        task.exception()

@@ -13,8 +13,13 @@ def local_routes(runtime: Runtime) -> tuple[tuple[str, bool, LocalHandler], ...]
     config = runtime.config
     if not config.management.enabled:
         return ()
+    from ..dashboard import dashboard_routes
     from ..forward_auth import forward_auth_routes
     from .api import management_routes
 
     prefix = config.management.path_prefix
-    return (*forward_auth_routes(runtime, prefix), *management_routes(runtime, prefix))
+    return (
+        *forward_auth_routes(runtime, prefix),
+        *management_routes(runtime, prefix),
+        *dashboard_routes(runtime),
+    )

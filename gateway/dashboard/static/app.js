@@ -1,0 +1,1004 @@
+/* The key-management dashboard.
+ *
+ * Plain script, no build step. Signs in with an API key kept in sessionStorage
+ * only, and calls the management API on the same origin. Every string that
+ * comes from a user or the API is put in the page with textContent or as an
+ * attribute value, never parsed as HTML.
+ */
+(function () {
+  "use strict";
+
+  var root = document.documentElement;
+  var CONFIG = {
+    base: root.dataset.base || "/dashboard",
+    api: root.dataset.apiPrefix || "/v1",
+    keyPrefix: root.dataset.keyPrefix || "sk",
+    rotationDays: parseInt(root.dataset.rotationDays || "90", 10) || 90,
+  };
+  var STORAGE_KEY = "keygate.dashboard.api_key";
+  var DAY_MS = 86400000;
+  var FIELD_IDS = {
+    name: "create-name",
+    mode: "create-mode",
+    permissions: "create-permissions-extra",
+    expires_at: "create-expires",
+    allowed_ips: "create-ips",
+    allowed_referrers: "create-referrers",
+    allowed_endpoints: "create-endpoints",
+    rate_limit: "create-rate",
+    metadata: "create-metadata",
+  };
+
+  var state = {
+    key: null, // the signed-in key's secret: memory and sessionStorage only
+    me: null, // what /auth/verify said about it
+    account: null,
+    testOnly: false,
+    filter: "",
+    limit: 10,
+    cursors: [], // starting_after of each page before the current one
+    cursor: null,
+    keys: [],
+    hasMore: false,
+    target: null, // the key a rotate/revoke dialog is about
+    chart: null,
+  };
+
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  function el(tag, props, children) {
+    var node = document.createElement(tag);
+    if (props) {
+      Object.keys(props).forEach(function (name) {
+        var value = props[name];
+        if (value === undefined || value === null || value === false) return;
+        if (name === "text") node.textContent = String(value);
+        else if (name === "className") node.className = value;
+        else node.setAttribute(name, value === true ? "" : String(value));
+      });
+    }
+    (children || []).forEach(function (child) {
+      if (child === null || child === undefined) return;
+      node.appendChild(typeof child === "string" ? document.createTextNode(child) : child);
+    });
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function show(node, visible) {
+    node.hidden = !visible;
+  }
+
+  // -- talking to the management API ------------------------------------------------
+
+  function ApiError(status, body, fallback) {
+    var error = body && body.error ? body.error : {};
+    this.status = status;
+    this.code = error.code || null;
+    this.type = error.type || null;
+    this.message = error.message || fallback || "The request failed (HTTP " + status + ").";
+    this.details = error.details && typeof error.details === "object" ? error.details : {};
+    this.field = typeof this.details.field === "string" ? this.details.field : null;
+  }
+
+  function api(method, path, body) {
+    var headers = { Authorization: "Bearer " + state.key, Accept: "application/json" };
+    var init = {
+      method: method,
+      headers: headers,
+      cache: "no-store",
+      credentials: "omit",
+      referrerPolicy: "no-referrer",
+    };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    return fetch(CONFIG.api + path, init).then(
+      function (response) {
+        return response.text().then(function (text) {
+          var data = null;
+          if (text) {
+            try {
+              data = JSON.parse(text);
+            } catch (e) {
+              data = null;
+            }
+          }
+          if (!response.ok) throw new ApiError(response.status, data);
+          return { data: data, headers: response.headers, status: response.status };
+        });
+      },
+      function () {
+        throw new ApiError(0, null, "The gateway could not be reached. Check your connection.");
+      }
+    );
+  }
+
+  /* A failure outside a form: a key that stopped working signs out, anything else is shown. */
+  function failed(error) {
+    if (!(error instanceof ApiError)) {
+      showBanner("Something went wrong: " + String(error && error.message ? error.message : error));
+      return;
+    }
+    if (error.status === 401) {
+      signOut("Your key is no longer accepted (" + (error.code || "401") + "). Sign in again.");
+      return;
+    }
+    showBanner(error.message);
+  }
+
+  function showBanner(text) {
+    var banner = $("banner");
+    banner.textContent = text;
+    banner.className = "banner error";
+    show(banner, true);
+  }
+
+  function showFlash(text) {
+    var banner = $("banner");
+    banner.textContent = text;
+    banner.className = "banner success";
+    show(banner, true);
+  }
+
+  function hideBanner() {
+    show($("banner"), false);
+    $("banner").textContent = "";
+  }
+
+  // -- formatting ---------------------------------------------------------------------
+
+  function pad(n) {
+    return n < 10 ? "0" + n : String(n);
+  }
+
+  function formatTime(iso) {
+    if (!iso) return null;
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) return String(iso);
+    return (
+      d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " +
+      pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + " UTC"
+    );
+  }
+
+  function timeCell(iso, none) {
+    if (!iso) return el("span", { className: "muted", text: none });
+    return el("time", { datetime: iso, title: iso, text: formatTime(iso) });
+  }
+
+  function keyStatus(key) {
+    if (key.revoked_at) return "revoked";
+    if (key.expires_at && new Date(key.expires_at).getTime() <= Date.now()) return "expired";
+    return "active";
+  }
+
+  function rotationDue(key) {
+    if (typeof key.rotation_due === "boolean") return key.rotation_due;
+    var created = new Date(key.created_at).getTime();
+    if (isNaN(created)) return false;
+    return Date.now() - created > CONFIG.rotationDays * DAY_MS;
+  }
+
+  function maskedKey(key) {
+    return (key.prefix || "") + "\u2026" + (key.last4 || "");
+  }
+
+  function badge(text, kind) {
+    return el("span", { className: "badge " + (kind || ""), text: text });
+  }
+
+  function hasPermission(permissions, wanted) {
+    return Array.isArray(permissions) && permissions.indexOf(wanted) !== -1;
+  }
+
+  // -- sign in and out ------------------------------------------------------------------
+
+  function showView(name) {
+    show($("view-signin"), name === "signin");
+    show($("view-denied"), name === "denied");
+    show($("view-app"), name === "app");
+    show($("whoami"), name === "app" || name === "denied");
+  }
+
+  function signInError(text) {
+    var error = $("signin-error");
+    error.textContent = text;
+    show(error, Boolean(text));
+    var input = $("signin-key");
+    if (text) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+  }
+
+  function signIn(secret, remembered) {
+    state.key = secret;
+    return api("GET", "/auth/verify")
+      .then(function (result) {
+        var me = result.data && result.data.data ? result.data.data : result.data;
+        state.me = me || {};
+        state.testOnly = state.me.mode === "test";
+        try {
+          sessionStorage.setItem(STORAGE_KEY, secret);
+        } catch (e) {
+          /* storage refused: the key lives in memory for this page only */
+        }
+        $("signin-key").value = "";
+        signInError("");
+        fillWhoami();
+        if (!hasPermission(state.me.permissions, "admin")) {
+          $("denied-key").textContent = (state.me.name || "") + " (" + (state.me.key_id || "") + ")";
+          var perms = state.me.permissions && state.me.permissions.length
+            ? state.me.permissions.join(", ")
+            : "no permissions";
+          $("denied-perms").textContent = perms;
+          showView("denied");
+          $("denied-title").focus();
+          return;
+        }
+        showView("app");
+        applyModeLimits();
+        loadAccount();
+        route();
+      })
+      .catch(function (error) {
+        state.key = null;
+        try {
+          sessionStorage.removeItem(STORAGE_KEY);
+        } catch (e) {
+          /* nothing stored */
+        }
+        showView("signin");
+        if (error instanceof ApiError && error.status === 401) {
+          signInError(
+            remembered
+              ? "Your saved key is no longer accepted: " + error.message
+              : "This key was refused: " + error.message
+          );
+        } else {
+          signInError(error instanceof ApiError ? error.message : "Sign-in failed.");
+        }
+      });
+  }
+
+  function signOut(message) {
+    state.key = null;
+    state.me = null;
+    state.account = null;
+    state.keys = [];
+    state.cursors = [];
+    state.cursor = null;
+    try {
+      sessionStorage.removeItem(STORAGE_KEY);
+    } catch (e) {
+      /* nothing stored */
+    }
+    ["create-dialog", "secret-dialog", "rotate-dialog", "revoke-dialog"].forEach(function (id) {
+      if ($(id).open) $(id).close();
+    });
+    destroyChart();
+    clear($("keys-body"));
+    clear($("audit-body"));
+    clear($("usage-body"));
+    clear($("account-details"));
+    clear($("account-limits"));
+    clear($("account-key"));
+    $("whoami-account").textContent = "";
+    $("signin-key").value = "";
+    if (location.hash) history.replaceState(null, "", location.pathname);
+    showView("signin");
+    hideBanner();
+    signInError(message || "");
+    $("signin-key").focus();
+  }
+
+  function fillWhoami() {
+    var me = state.me || {};
+    $("whoami-account").textContent = me.name ? "Key: " + me.name : "";
+    var mode = $("whoami-mode");
+    mode.textContent = me.mode === "test" ? "test mode" : "live mode";
+    mode.className = "badge " + (me.mode === "test" ? "test" : "live");
+  }
+
+  function applyModeLimits() {
+    show($("test-mode-notice"), state.testOnly);
+    var liveFilter = document.querySelector('input[name="mode-filter"][value="live"]');
+    var allFilter = document.querySelector('input[name="mode-filter"][value=""]');
+    var testFilter = document.querySelector('input[name="mode-filter"][value="test"]');
+    liveFilter.disabled = state.testOnly;
+    allFilter.disabled = state.testOnly;
+    if (state.testOnly) {
+      testFilter.checked = true;
+      state.filter = "test";
+    } else {
+      allFilter.checked = true;
+      state.filter = "";
+    }
+  }
+
+  // -- views ------------------------------------------------------------------------------
+
+  function route() {
+    if (!state.key || !state.me || !hasPermission(state.me.permissions, "admin")) return;
+    hideBanner();
+    var hash = location.hash.replace(/^#/, "");
+    var view = "keys";
+    var keyId = null;
+    if (hash === "account" || hash === "audit") view = hash;
+    else if (hash.indexOf("usage/") === 0) {
+      view = "usage";
+      keyId = decodeURIComponent(hash.slice("usage/".length));
+    }
+    ["keys", "usage", "account", "audit"].forEach(function (name) {
+      show($("panel-" + name), name === view);
+    });
+    var current = view === "usage" ? "keys" : view;
+    document.querySelectorAll(".tabs a").forEach(function (link) {
+      if (link.dataset.view === current) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    });
+    if (view !== "usage") destroyChart();
+    if (view === "keys") loadKeys();
+    else if (view === "usage") loadUsage(keyId);
+    else if (view === "account") loadAccount();
+    else if (view === "audit") loadAudit();
+  }
+
+  // Keys
+
+  function loadKeys() {
+    var query = "?limit=" + encodeURIComponent(state.limit);
+    if (state.cursor) query += "&starting_after=" + encodeURIComponent(state.cursor);
+    if (state.filter) query += "&mode=" + encodeURIComponent(state.filter);
+    var table = $("keys-table");
+    table.setAttribute("aria-busy", "true");
+    return api("GET", "/api-keys" + query)
+      .then(function (result) {
+        var body = result.data || {};
+        var keys = Array.isArray(body.data) ? body.data : [];
+        if (state.filter) {
+          keys = keys.filter(function (key) {
+            return key.mode === state.filter;
+          });
+        }
+        var meta = body.meta || {};
+        var more = typeof body.has_more === "boolean" ? body.has_more : meta.has_more;
+        state.keys = keys;
+        state.hasMore = typeof more === "boolean" ? more : keys.length >= state.limit;
+        renderKeys();
+      })
+      .catch(failed)
+      .then(function () {
+        table.removeAttribute("aria-busy");
+      });
+  }
+
+  function renderKeys() {
+    var body = $("keys-body");
+    clear(body);
+    state.keys.forEach(function (key) {
+      body.appendChild(keyRow(key));
+    });
+    show($("keys-empty"), state.keys.length === 0);
+    show($("keys-table"), state.keys.length > 0);
+    var page = state.cursors.length + 1;
+    $("page-info").textContent = state.keys.length
+      ? "Page " + page + " \u00b7 " + state.keys.length + " key" + (state.keys.length === 1 ? "" : "s")
+      : "";
+    $("page-prev").disabled = state.cursors.length === 0;
+    $("page-next").disabled = !state.hasMore;
+  }
+
+  function cell(label, children, props) {
+    var attrs = Object.assign({ "data-label": label }, props || {});
+    return el("td", attrs, children);
+  }
+
+  function keyRow(key) {
+    var status = keyStatus(key);
+    var statusCell = [badge(status, status)];
+    if (status === "active" && rotationDue(key)) {
+      statusCell.push(" ", badge("rotation due", "due"));
+    }
+    if (key.rotated_to && status === "active") {
+      statusCell.push(" ", badge("rotated", "muted-badge"));
+    }
+    var name = key.name || "(unnamed)";
+    var actions = el("div", { className: "actions" });
+    actions.appendChild(
+      el("a", {
+        href: "#usage/" + encodeURIComponent(key.id),
+        className: "button small secondary",
+        "aria-label": "Usage of " + name,
+        text: "Usage",
+      })
+    );
+    if (status === "active") {
+      var rotate = el("button", {
+        type: "button",
+        className: "button small secondary",
+        "aria-label": "Rotate " + name,
+        text: "Rotate",
+      });
+      rotate.addEventListener("click", function () {
+        openRotate(key);
+      });
+      var revoke = el("button", {
+        type: "button",
+        className: "button small danger",
+        "aria-label": "Revoke " + name,
+        text: "Revoke",
+      });
+      revoke.addEventListener("click", function () {
+        openRevoke(key);
+      });
+      actions.appendChild(rotate);
+      actions.appendChild(revoke);
+    }
+    var permissions = key.permissions && key.permissions.length ? key.permissions.join(", ") : null;
+    var row = el("tr", { "data-key-id": key.id, className: "status-" + status }, [
+      el("th", { scope: "row", "data-label": "Name" }, [el("span", { className: "key-name", text: name })]),
+      cell("Key", [el("code", { className: "key-mask", text: maskedKey(key) })]),
+      cell("Mode", [badge(key.mode, key.mode === "test" ? "test" : "live")]),
+      cell("Permissions", [
+        permissions ? el("span", { text: permissions }) : el("span", { className: "muted", text: "none" }),
+      ]),
+      cell("Created", [timeCell(key.created_at, "\u2014")]),
+      cell("Last used", [timeCell(key.last_used_at, "Never")]),
+      cell("Expires", [timeCell(key.expires_at, "Never")]),
+      cell("Status", statusCell),
+      cell("Actions", [actions]),
+    ]);
+    return row;
+  }
+
+  // Create
+
+  function clearFieldErrors(form) {
+    form.querySelectorAll(".field-error").forEach(function (node) {
+      node.textContent = "";
+      show(node, false);
+    });
+    form.querySelectorAll("[aria-invalid]").forEach(function (node) {
+      node.removeAttribute("aria-invalid");
+    });
+    form.querySelectorAll(".form-error").forEach(function (node) {
+      node.textContent = "";
+      show(node, false);
+    });
+  }
+
+  function fieldError(field, message, formErrorId) {
+    var target = $("err-" + field);
+    var controlId = FIELD_IDS[field] || (field === "grace_period" ? "rotate-grace" : null);
+    if (!target) {
+      var general = $(formErrorId);
+      general.textContent = message + (field ? " (" + field + ")" : "");
+      show(general, true);
+      return general;
+    }
+    target.textContent = message;
+    show(target, true);
+    var control = controlId ? $(controlId) : null;
+    if (control) {
+      var group = control.closest("details");
+      if (group) group.open = true;
+      control.setAttribute("aria-invalid", "true");
+      if (control.tagName === "FIELDSET") {
+        var first = control.querySelector("input:not([disabled])");
+        if (first) first.focus();
+      } else {
+        control.focus();
+      }
+    }
+    return target;
+  }
+
+  function lines(id) {
+    return $(id)
+      .value.split(/\r?\n/)
+      .map(function (line) {
+        return line.trim();
+      })
+      .filter(Boolean);
+  }
+
+  function openCreate() {
+    var form = $("create-form");
+    form.reset();
+    clearFieldErrors(form);
+    form.querySelector("details").open = false;
+    var live = form.querySelector('input[name="mode"][value="live"]');
+    var test = form.querySelector('input[name="mode"][value="test"]');
+    live.disabled = state.testOnly;
+    if (state.testOnly || state.filter === "test") test.checked = true;
+    $("create-dialog").showModal();
+    $("create-name").focus();
+  }
+
+  function createBody() {
+    var form = $("create-form");
+    var body = { name: $("create-name").value };
+    var mode = form.querySelector('input[name="mode"]:checked');
+    if (mode) body.mode = mode.value;
+    var permissions = [];
+    form.querySelectorAll('input[name="permission"]:checked').forEach(function (box) {
+      permissions.push(box.value);
+    });
+    $("create-permissions-extra")
+      .value.split(",")
+      .map(function (p) {
+        return p.trim();
+      })
+      .filter(Boolean)
+      .forEach(function (p) {
+        if (permissions.indexOf(p) === -1) permissions.push(p);
+      });
+    body.permissions = permissions;
+    var expires = $("create-expires").value;
+    if (expires) {
+      var moment = new Date(expires);
+      body.expires_at = isNaN(moment.getTime()) ? expires : moment.toISOString().replace(/\.\d{3}Z$/, "Z");
+    }
+    [
+      ["allowed_ips", "create-ips"],
+      ["allowed_referrers", "create-referrers"],
+      ["allowed_endpoints", "create-endpoints"],
+    ].forEach(function (pair) {
+      var values = lines(pair[1]);
+      if (values.length) body[pair[0]] = values;
+    });
+    var rate = $("create-rate").value.trim();
+    if (rate) body.rate_limit = rate;
+    var metadata = $("create-metadata").value.trim();
+    if (metadata) {
+      // The API validates metadata: text that is not JSON is sent as it is, and refused there.
+      try {
+        body.metadata = JSON.parse(metadata);
+      } catch (e) {
+        body.metadata = metadata;
+      }
+    }
+    return body;
+  }
+
+  function submitCreate(event) {
+    event.preventDefault();
+    var form = $("create-form");
+    var submit = $("create-submit");
+    clearFieldErrors(form);
+    submit.disabled = true;
+    api("POST", "/api-keys", createBody())
+      .then(function (result) {
+        var created = (result.data && result.data.data) || {};
+        $("create-dialog").close();
+        form.reset();
+        showSecret(created);
+        state.cursors = [];
+        state.cursor = null;
+        loadKeys();
+      })
+      .catch(function (error) {
+        if (error instanceof ApiError && error.status === 401) return failed(error);
+        if (error instanceof ApiError && (error.status === 400 || error.status === 403)) {
+          fieldError(error.field, error.message, "create-error");
+          return;
+        }
+        fieldError(null, error.message || String(error), "create-error");
+      })
+      .then(function () {
+        submit.disabled = false;
+      });
+  }
+
+  // The secret, once
+
+  function showSecret(created) {
+    $("secret-name").textContent = created.name || created.id || "";
+    $("secret-value").value = created.key || "";
+    $("secret-copied").textContent = "";
+    $("secret-dialog").showModal();
+    $("secret-copy").focus();
+  }
+
+  function forgetSecret() {
+    $("secret-value").value = "";
+    $("secret-name").textContent = "";
+    $("secret-copied").textContent = "";
+  }
+
+  function copySecret() {
+    var input = $("secret-value");
+    var done = function () {
+      $("secret-copied").textContent = "Copied to the clipboard.";
+    };
+    var manual = function () {
+      input.focus();
+      input.select();
+      $("secret-copied").textContent = "Selected: press Ctrl+C (or \u2318C) to copy.";
+    };
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      navigator.clipboard.writeText(input.value).then(done, manual);
+    } else {
+      manual();
+    }
+  }
+
+  // Rotate and revoke
+
+  function openRotate(key) {
+    state.target = key;
+    var form = $("rotate-form");
+    form.reset();
+    clearFieldErrors(form);
+    $("rotate-name").textContent = key.name || key.id;
+    $("rotate-dialog").showModal();
+    $("rotate-grace").focus();
+  }
+
+  function submitRotate(event) {
+    event.preventDefault();
+    var key = state.target;
+    if (!key) return;
+    var form = $("rotate-form");
+    var confirm = $("rotate-confirm");
+    clearFieldErrors(form);
+    confirm.disabled = true;
+    var grace = $("rotate-grace").value.trim();
+    api("POST", "/api-keys/" + encodeURIComponent(key.id) + "/rotate", { grace_period: grace })
+      .then(function (result) {
+        var created = (result.data && result.data.data) || {};
+        $("rotate-dialog").close();
+        state.target = null;
+        showSecret(created);
+        loadKeys();
+      })
+      .catch(function (error) {
+        if (error instanceof ApiError && error.status === 401) return failed(error);
+        fieldError(error.field === "grace_period" ? "grace_period" : null, error.message, "rotate-error");
+      })
+      .then(function () {
+        confirm.disabled = false;
+      });
+  }
+
+  function openRevoke(key) {
+    state.target = key;
+    clearFieldErrors($("revoke-form"));
+    $("revoke-name").textContent = key.name || key.id;
+    $("revoke-dialog").showModal();
+    $("revoke-cancel").focus();
+  }
+
+  function submitRevoke(event) {
+    event.preventDefault();
+    var key = state.target;
+    if (!key) return;
+    var confirm = $("revoke-confirm");
+    confirm.disabled = true;
+    api("DELETE", "/api-keys/" + encodeURIComponent(key.id))
+      .then(function () {
+        $("revoke-dialog").close();
+        state.target = null;
+        showFlash("Key \u201c" + (key.name || key.id) + "\u201d revoked.");
+        return loadKeys();
+      })
+      .then(function () {
+        $("keys-title").focus();
+      })
+      .catch(function (error) {
+        if (error instanceof ApiError && error.status === 401) return failed(error);
+        fieldError(null, error.message, "revoke-error");
+      })
+      .then(function () {
+        confirm.disabled = false;
+      });
+  }
+
+  // Usage
+
+  function destroyChart() {
+    if (state.chart) {
+      state.chart.destroy();
+      state.chart = null;
+    }
+  }
+
+  function loadUsage(keyId) {
+    destroyChart();
+    clear($("usage-body"));
+    clear($("usage-totals"));
+    $("usage-title").textContent = "Usage";
+    var encoded = encodeURIComponent(keyId);
+    Promise.all([api("GET", "/api-keys/" + encoded), api("GET", "/api-keys/" + encoded + "/usage")])
+      .then(function (results) {
+        var key = (results[0].data && results[0].data.data) || {};
+        var usage = (results[1].data && results[1].data.data) || {};
+        $("usage-title").textContent = "Usage of " + (key.name || keyId) + " (" + maskedKey(key) + ")";
+        renderUsage(Array.isArray(usage.days) ? usage.days : []);
+      })
+      .catch(failed);
+  }
+
+  function renderUsage(days) {
+    var ordered = days.slice().sort(function (a, b) {
+      return a.date < b.date ? -1 : a.date > b.date ? 1 : 0;
+    });
+    var totals = { allowed: 0, denied: 0, rate_limited: 0 };
+    ordered.forEach(function (day) {
+      totals.allowed += Number(day.allowed) || 0;
+      totals.denied += Number(day.denied) || 0;
+      totals.rate_limited += Number(day.rate_limited) || 0;
+    });
+    var dl = $("usage-totals");
+    [
+      ["Allowed", totals.allowed, "allowed"],
+      ["Denied", totals.denied, "denied"],
+      ["Rate-limited", totals.rate_limited, "limited"],
+    ].forEach(function (item) {
+      dl.appendChild(
+        el("div", { className: "total " + item[2] }, [
+          el("dt", { text: item[0] }),
+          el("dd", { text: String(item[1]), "data-total": item[2] }),
+        ])
+      );
+    });
+    var body = $("usage-body");
+    days.forEach(function (day) {
+      body.appendChild(
+        el("tr", null, [
+          el("th", { scope: "row", text: day.date }),
+          el("td", { text: String(day.allowed || 0) }),
+          el("td", { text: String(day.denied || 0) }),
+          el("td", { text: String(day.rate_limited || 0) }),
+        ])
+      );
+    });
+    var canvas = $("usage-chart");
+    canvas.setAttribute(
+      "aria-label",
+      "Requests per day over the last " + ordered.length + " days: " + totals.allowed + " allowed, " +
+        totals.denied + " denied, " + totals.rate_limited + " rate-limited"
+    );
+    if (typeof window.Chart !== "function") return; // the table above still holds every number
+    state.chart = new window.Chart(canvas, {
+      type: "bar",
+      data: {
+        labels: ordered.map(function (day) {
+          return day.date.slice(5);
+        }),
+        datasets: [
+          { label: "Allowed", data: ordered.map(count("allowed")), backgroundColor: "#2563eb" },
+          { label: "Denied", data: ordered.map(count("denied")), backgroundColor: "#d97706" },
+          { label: "Rate-limited", data: ordered.map(count("rate_limited")), backgroundColor: "#9d174d" },
+        ],
+      },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        responsive: true,
+        scales: {
+          x: { stacked: true, ticks: { maxRotation: 0, autoSkip: true } },
+          y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } },
+        },
+        plugins: { legend: { position: "bottom" } },
+      },
+    });
+  }
+
+  function count(field) {
+    return function (day) {
+      return Number(day[field]) || 0;
+    };
+  }
+
+  // Account
+
+  function describe(dl, rows) {
+    clear(dl);
+    rows.forEach(function (row) {
+      if (row[1] === undefined) return;
+      dl.appendChild(el("dt", { text: row[0] }));
+      var value = row[1];
+      dl.appendChild(
+        el("dd", null, [
+          value === null || value === ""
+            ? el("span", { className: "muted", text: row[2] || "\u2014" })
+            : typeof value === "string"
+              ? el("span", { text: value })
+              : value,
+        ])
+      );
+    });
+  }
+
+  function rateFromHeaders(headers) {
+    var limit = headers.get("X-RateLimit-Limit");
+    var policy = headers.get("RateLimit-Policy") || "";
+    var window = /;\s*w=(\d+)/.exec(policy);
+    if (!limit) return null;
+    var seconds = window ? parseInt(window[1], 10) : null;
+    var names = { 1: "second", 60: "minute", 3600: "hour", 86400: "day" };
+    var per = seconds ? names[seconds] || seconds + " seconds" : null;
+    return limit + " requests" + (per ? " per " + per : "");
+  }
+
+  function loadAccount() {
+    return api("GET", "/account")
+      .then(function (result) {
+        var account = (result.data && result.data.data) || {};
+        state.account = account;
+        if (account.name) $("whoami-account").textContent = account.name;
+        describe($("account-details"), [
+          ["Name", account.name || null],
+          ["Account id", account.account_id || null],
+          ["Email", account.email || null, "not set"],
+          ["Plan", account.plan || null],
+          ["API version", account.api_version || null],
+        ]);
+        var limits = [];
+        var planRate = account.rate_limit || (account.limits && account.limits.rate_limit);
+        if (planRate !== undefined) limits.push(["Plan rate limit, per key", planRate || null, "unlimited"]);
+        if (account.limits && typeof account.limits === "object") {
+          Object.keys(account.limits).forEach(function (name) {
+            if (name === "rate_limit") return;
+            var value = account.limits[name];
+            limits.push([name.replace(/_/g, " "), value === null ? null : String(value), "unlimited"]);
+          });
+        }
+        var seen = rateFromHeaders(result.headers);
+        limits.push(["This key's current limit", seen, "no rate limit reported"]);
+        limits.push(["Key rotation", "every " + CONFIG.rotationDays + " days"]);
+        describe($("account-limits"), limits);
+        var me = state.me || {};
+        describe($("account-key"), [
+          ["Name", me.name || null],
+          ["Key id", me.key_id || null],
+          ["Mode", me.mode || null],
+          ["Permissions", (me.permissions || []).join(", ") || null, "none"],
+          ["Created", me.created_at ? timeCell(me.created_at) : null],
+          ["Expires", me.expires_at ? timeCell(me.expires_at) : null, "never"],
+          ["Rotation due", me.rotation_due === undefined ? undefined : me.rotation_due ? "yes" : "no"],
+        ]);
+      })
+      .catch(failed);
+  }
+
+  // Audit
+
+  var AUDIT_CORE = ["id", "at", "actor", "action", "account_id", "key_id"];
+
+  function loadAudit() {
+    return api("GET", "/audit?limit=100")
+      .then(function (result) {
+        var events = (result.data && result.data.data) || [];
+        var body = $("audit-body");
+        clear(body);
+        events.forEach(function (event) {
+          var extra = Object.keys(event)
+            .filter(function (name) {
+              return AUDIT_CORE.indexOf(name) === -1;
+            })
+            .map(function (name) {
+              var value = event[name];
+              return name + ": " + (typeof value === "string" ? value : JSON.stringify(value));
+            })
+            .join("; ");
+          body.appendChild(
+            el("tr", null, [
+              el("td", { "data-label": "When" }, [timeCell(event.at, "\u2014")]),
+              el("td", { "data-label": "Action", text: event.action || "" }),
+              el("td", { "data-label": "Key" }, [el("code", { text: event.key_id || "\u2014" })]),
+              el("td", { "data-label": "By" }, [el("code", { text: event.actor || "" })]),
+              el("td", { "data-label": "Details", text: extra }),
+            ])
+          );
+        });
+        show($("audit-empty"), events.length === 0);
+      })
+      .catch(failed);
+  }
+
+  // -- wiring -----------------------------------------------------------------------------
+
+  function wire() {
+    $("signin-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      var secret = $("signin-key").value.trim();
+      if (!secret) {
+        signInError("Paste an API key first.");
+        $("signin-key").focus();
+        return;
+      }
+      $("signin-submit").disabled = true;
+      signIn(secret, false).then(function () {
+        $("signin-submit").disabled = false;
+      });
+    });
+    $("sign-out").addEventListener("click", function () {
+      signOut("");
+    });
+    $("denied-sign-out").addEventListener("click", function () {
+      signOut("");
+    });
+    window.addEventListener("hashchange", route);
+    document.querySelectorAll('input[name="mode-filter"]').forEach(function (radio) {
+      radio.addEventListener("change", function () {
+        state.filter = radio.value;
+        state.cursors = [];
+        state.cursor = null;
+        loadKeys();
+      });
+    });
+    $("page-size").addEventListener("change", function () {
+      state.limit = parseInt($("page-size").value, 10) || 10;
+      state.cursors = [];
+      state.cursor = null;
+      loadKeys();
+    });
+    $("page-next").addEventListener("click", function () {
+      if (!state.keys.length) return;
+      state.cursors.push(state.cursor);
+      state.cursor = state.keys[state.keys.length - 1].id;
+      loadKeys();
+    });
+    $("page-prev").addEventListener("click", function () {
+      if (!state.cursors.length) return;
+      state.cursor = state.cursors.pop();
+      loadKeys();
+    });
+    $("usage-back").addEventListener("click", function () {
+      location.hash = "#keys";
+    });
+    $("create-open").addEventListener("click", openCreate);
+    $("create-form").addEventListener("submit", submitCreate);
+    $("create-cancel").addEventListener("click", function () {
+      $("create-dialog").close();
+    });
+    $("create-dialog").addEventListener("close", function () {
+      $("create-form").reset();
+    });
+    $("secret-copy").addEventListener("click", copySecret);
+    $("secret-close").addEventListener("click", function () {
+      $("secret-dialog").close();
+    });
+    $("secret-dialog").addEventListener("close", forgetSecret);
+    $("rotate-form").addEventListener("submit", submitRotate);
+    $("rotate-cancel").addEventListener("click", function () {
+      $("rotate-dialog").close();
+    });
+    $("revoke-form").addEventListener("submit", submitRevoke);
+    $("revoke-cancel").addEventListener("click", function () {
+      $("revoke-dialog").close();
+    });
+    ["rotate-dialog", "revoke-dialog"].forEach(function (id) {
+      $(id).addEventListener("close", function () {
+        state.target = null;
+      });
+    });
+  }
+
+  function start() {
+    wire();
+    var saved = null;
+    try {
+      saved = sessionStorage.getItem(STORAGE_KEY);
+    } catch (e) {
+      saved = null;
+    }
+    if (saved) {
+      signIn(saved, true);
+    } else {
+      showView("signin");
+      $("signin-key").focus();
+    }
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

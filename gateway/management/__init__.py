@@ -16,10 +16,12 @@ def local_routes(runtime: Runtime) -> tuple[tuple[str, bool, LocalHandler], ...]
     from ..dashboard import dashboard_routes
     from ..forward_auth import forward_auth_routes
     from .api import management_routes
+    from .audit_api import audit_routes
 
     prefix = config.management.path_prefix
     return (
         *forward_auth_routes(runtime, prefix),
         *management_routes(runtime, prefix),
+        *audit_routes(runtime, prefix),
         *dashboard_routes(runtime),
     )

@@ -7,6 +7,7 @@ own way of answering (an exit code, an HTTP status).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,10 +18,13 @@ from ..checks.ip import compile_allowed_ips
 from ..checks.referrer import compile_referrer
 from ..config.schema import Config
 from ..config.units import parse_duration, parse_rate
+from ..store.connection import StoreUnavailable
 from .format import generate_secret, hash_secret, new_id
 from .model import Account, KeyRecord, isoformat, parse_time, utcnow
 from .permissions import validate_permission
 from .store import KeyStore
+
+log = logging.getLogger("gateway.keys")
 
 KEY_FIELDS = (
     "name",
@@ -32,6 +36,7 @@ KEY_FIELDS = (
     "allowed_endpoints",
     "rate_limit",
     "expires_at",
+    "expires_in",  # a duration from now, instead of expires_at
 )
 PATCH_FIELDS = tuple(f for f in KEY_FIELDS if f != "mode")
 METADATA_MAX_KEYS = 50
@@ -68,6 +73,7 @@ class Actor:
     id: str  # key id or "cli"
     account_id: str | None = None
     mode: str | None = None  # a test-mode key may touch only test keys
+    request_id: str | None = None  # the API request that acted, for the audit trail
 
     @property
     def test_only(self) -> bool:
@@ -144,8 +150,12 @@ def validate_key_fields(data: dict[str, Any], *, allowed: tuple[str, ...]) -> di
             except ValueError as exc:
                 raise InvalidRequest(str(exc), "rate_limit") from None
         out["rate_limit"] = rate
+    if "expires_at" in data and "expires_in" in data:
+        raise InvalidRequest("give expires_at or expires_in, not both", "expires_in")
     if "expires_at" in data:
         out["expires_at"] = _expires_at(data["expires_at"])
+    if "expires_in" in data:
+        out["expires_at"] = expires_in(data["expires_in"])
     return out
 
 
@@ -182,7 +192,7 @@ def _expires_at(value: Any) -> str | None:
         raise InvalidRequest("expires_at must be an ISO 8601 date-time or null", "expires_at")
     try:
         moment = parse_time(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidRequest(f"{value!r} is not an ISO 8601 date-time", "expires_at") from None
     assert moment is not None
     if moment <= utcnow():
@@ -198,7 +208,10 @@ def expires_in(duration: str) -> str:
         raise InvalidRequest(str(exc), "expires_in") from None
     if seconds <= 0:
         raise InvalidRequest("expires_in must be positive", "expires_in")
-    return isoformat(utcnow() + timedelta(seconds=seconds)) or ""
+    try:
+        return isoformat(utcnow() + timedelta(seconds=seconds)) or ""
+    except OverflowError:
+        raise InvalidRequest("expires_in is too long", "expires_in") from None
 
 
 # -- operations ---------------------------------------------------------------
@@ -213,10 +226,18 @@ class KeyService:
     async def _record(
         self, actor: Actor, action: str, account_id: str, key_id: str | None, **extra: Any
     ) -> None:
-        if self.audit is not None:
+        if self.audit is None:
+            return
+        if actor.request_id is not None:
+            extra["request_id"] = actor.request_id
+        try:
             await self.audit.record(
                 actor=actor.id, action=action, account_id=account_id, key_id=key_id, **extra
             )
+        except StoreUnavailable as exc:
+            # The change is already made: failing the call now would hide that (and lose
+            # a new key's only showing of its secret). The loss is logged instead.
+            log.error("audit event %s on %s by %s not recorded: %s", action, key_id, actor.id, exc)
 
     # accounts
 
@@ -285,7 +306,7 @@ class KeyService:
         ):
             raise NotFound(f"no API key {key_id!r}", "id")
         if actor.test_only and record.mode != "test":
-            raise NotFound(f"no API key {key_id!r}", "id")
+            raise Forbidden("a test-mode key can see and manage only test keys", "id")
         return record
 
     async def list_keys(
@@ -316,7 +337,13 @@ class KeyService:
             records.sort(key=lambda r: r.created_at, reverse=True)
             return records, False
         if starting_after is not None:
-            await self.get_key(actor, starting_after)
+            try:
+                await self.get_key(actor, starting_after)
+            except (NotFound, Forbidden):
+                raise InvalidRequest(
+                    f"starting_after {starting_after!r} is not a key of this list",
+                    "starting_after",
+                ) from None
         ids, more = await self.store.list_key_ids(
             account_id, mode=mode, limit=limit, starting_after=starting_after
         )
@@ -352,10 +379,14 @@ class KeyService:
         except ValueError as exc:
             raise InvalidRequest(str(exc), "grace_period") from None
         old = await self.get_key(actor, key_id)
+        try:
+            now = utcnow()
+            old_expiry = now + timedelta(seconds=grace)
+        except OverflowError:
+            raise InvalidRequest("grace_period is too long", "grace_period") from None
         if old.status() != "active":
             raise InvalidRequest(f"key {key_id} is {old.status()} and cannot be rotated", "id")
         secret = generate_secret(self.config.keys.prefix, old.mode)
-        now = utcnow()
         new = KeyRecord(
             id=new_id("key"),
             account_id=old.account_id,
@@ -374,7 +405,6 @@ class KeyService:
             allowed_endpoints=old.allowed_endpoints,
             rotated_from=old.id,
         )
-        old_expiry = now + timedelta(seconds=grace)
         current = parse_time(old.expires_at)
         if current is not None and current < old_expiry:
             old_expiry = current

@@ -14,6 +14,7 @@ Layout, under ``redis.key_prefix`` (``P``):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -94,7 +95,9 @@ class KeyStore:
         return dict(zip(ids, values, strict=True))
 
     async def add_key(self, record: KeyRecord) -> None:
-        score = _ms(record.created_at)
+        # Scored by the moment it is added, to the millisecond: created_at holds whole
+        # seconds, and keys made within one second must still list newest first.
+        score = max(_ms(record.created_at), int(time.time() * 1000))
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.set(self._k("key", record.id), record.to_json())

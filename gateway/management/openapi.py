@@ -1,0 +1,439 @@
+"""The OpenAPI 3.1 document of the management endpoints, served at ``{prefix}/openapi.json``.
+
+Written out by hand, as a reader would want it; ``tests/test_management_openapi.py``
+keeps it true: every endpoint in :data:`~gateway.management.api.ENDPOINTS` must be
+documented (and nothing else), the document must validate as OpenAPI 3.1, and
+real answers must match the schemas given here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from ..keys.service import LIST_MAX, METADATA_MAX_KEYS
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    kind = schema["type"]
+    return {**schema, "type": [kind, "null"]}
+
+
+TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-11-22T10:30:00Z"]}
+KEY_ID = {"type": "string", "pattern": "^key_[A-Za-z0-9_-]+$", "examples": ["key_4f8a2c"]}
+ACCOUNT_ID = {"type": "string", "pattern": "^acct_[A-Za-z0-9_-]+$"}
+MODE = {"type": "string", "enum": ["live", "test"]}
+STRINGS = {"type": "array", "items": {"type": "string"}}
+RATE = {
+    "type": "string",
+    "pattern": r"^\s*\d+\s*/\s*(second|minute|hour|day)\s*$",
+    "examples": ["100/minute"],
+}
+DURATION = {
+    "type": "string",
+    "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*$",
+    "examples": ["2s", "24h", "90d"],
+}
+METADATA = {
+    "type": "object",
+    "description": "A flat object of the owner's own: string, number, boolean or null values.",
+    "maxProperties": METADATA_MAX_KEYS,
+    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+}
+
+
+def _key_properties() -> dict[str, Any]:
+    return {
+        "id": KEY_ID,
+        "object": {"const": "api_key"},
+        "name": {"type": "string"},
+        "mode": MODE,
+        "account_id": ACCOUNT_ID,
+        "prefix": {"type": "string", "examples": ["sk_live_"]},
+        "last4": {"type": "string", "minLength": 4, "maxLength": 4},
+        "permissions": STRINGS,
+        "created_at": TIMESTAMP,
+        "expires_at": _nullable(TIMESTAMP),
+        "revoked_at": _nullable(TIMESTAMP),
+        "last_used_at": _nullable(TIMESTAMP),
+        "metadata": METADATA,
+        "rate_limit": _nullable(RATE),
+        "allowed_ips": STRINGS,
+        "allowed_referrers": STRINGS,
+        "allowed_endpoints": STRINGS,
+        "rotated_from": _nullable(KEY_ID),
+        "rotated_to": _nullable(KEY_ID),
+    }
+
+
+def _key_fields(*, create: bool) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "mode": {**MODE, "description": "Defaults to the calling key's mode."},
+        "permissions": {
+            **STRINGS,
+            "description": "read, write, admin, webhook, or resource:action "
+            "(users:read, users:write, users:*).",
+        },
+        "metadata": _nullable(METADATA),
+        "allowed_ips": {**STRINGS, "description": "IPv4/IPv6 addresses or CIDRs."},
+        "allowed_referrers": {
+            **STRINGS,
+            "description": "https://app.example.com/*, app.example.com or *.example.com.",
+        },
+        "allowed_endpoints": {
+            **STRINGS,
+            "description": '"/path/glob" or "METHOD /path/glob"; * is one segment, ** several.',
+        },
+        "rate_limit": {**_nullable(RATE), "description": "Replaces the plan's limit for this key."},
+        "expires_at": {**_nullable(TIMESTAMP), "description": "null: never expires."},
+        "expires_in": {**DURATION, "description": "Instead of expires_at: a duration from now."},
+    }
+    if not create:
+        del fields["mode"]
+    return fields
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+
+
+ERRORS = {
+    "400": _error_response("invalid_request: details.field names what is wrong"),
+    "401": _error_response(
+        "missing_api_key, invalid_authorization_header, invalid_api_key, revoked_api_key "
+        "or expired_api_key"
+    ),
+    "403": _error_response(
+        "insufficient_permissions (admin needed, or a test-mode key asking for a live key), "
+        "ip_not_allowed, referrer_not_allowed or endpoint_not_allowed"
+    ),
+    "404": _error_response("resource_not_found: no such key in the caller's account"),
+    "413": _error_response("payload_too_large"),
+    "429": _error_response("rate_limit_exceeded (with Retry-After)"),
+    "503": _error_response("auth_backend_unavailable (with Retry-After)"),
+}
+
+
+def _answer(status: str, description: str, schema: str) -> dict[str, Any]:
+    return {status: {"description": description, "content": {JSON: {"schema": _ref(schema)}}}}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: ERRORS[code] for code in codes}
+
+
+def _body(schema: str, required: bool) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+ID_PARAMETER = {"$ref": "#/components/parameters/KeyId"}
+AUTH_ERRORS = ("401", "403", "429", "503")
+
+
+def openapi_document(prefix: str) -> dict[str, Any]:
+    """The document, with paths under ``prefix`` (``management.path_prefix``)."""
+    key = f"{prefix}/api-keys/{{id}}"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "keygate management API",
+            "version": __version__,
+            "description": (
+                "Verify a key, read its account, and manage the account's API keys. "
+                "Every call except this document authenticates with "
+                "`Authorization: Bearer <key>`, and the key's restrictions and rate "
+                "limits apply as on any route. /api-keys needs the admin permission; "
+                "a test-mode key sees and manages only test keys. A key's secret is "
+                "returned once, in the `key` field of the answer to create or rotate."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            f"{prefix}/auth/verify": {
+                "get": {
+                    "operationId": "verifyKey",
+                    "summary": "Check the calling key and describe it",
+                    "responses": {
+                        **_answer("200", "The key is valid", "Verification"),
+                        **_errors(*AUTH_ERRORS),
+                    },
+                }
+            },
+            f"{prefix}/account": {
+                "get": {
+                    "operationId": "getAccount",
+                    "summary": "The calling key's account",
+                    "responses": {
+                        **_answer("200", "The account", "AccountAnswer"),
+                        **_errors(*AUTH_ERRORS, "404"),
+                    },
+                }
+            },
+            f"{prefix}/api-keys": {
+                "get": {
+                    "operationId": "listKeys",
+                    "summary": "The account's keys, newest first",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": LIST_MAX,
+                                "default": 10,
+                            },
+                        },
+                        {
+                            "name": "starting_after",
+                            "in": "query",
+                            "description": "A key id from the previous page: the page after it.",
+                            "schema": KEY_ID,
+                        },
+                        {"name": "mode", "in": "query", "schema": MODE},
+                    ],
+                    "responses": {
+                        **_answer("200", "A page of keys", "KeyList"),
+                        **_errors("400", *AUTH_ERRORS),
+                    },
+                },
+                "post": {
+                    "operationId": "createKey",
+                    "summary": "Create a key in the caller's account",
+                    "requestBody": _body("KeyCreate", True),
+                    "responses": {
+                        **_answer("201", "The new key, with its secret shown once", "NewKeyAnswer"),
+                        **_errors("400", *AUTH_ERRORS, "413"),
+                    },
+                },
+            },
+            key: {
+                "parameters": [ID_PARAMETER],
+                "get": {
+                    "operationId": "getKey",
+                    "summary": "One key",
+                    "responses": {
+                        **_answer("200", "The key", "KeyAnswer"),
+                        **_errors(*AUTH_ERRORS, "404"),
+                    },
+                },
+                "patch": {
+                    "operationId": "updateKey",
+                    "summary": "Change a key's name, permissions, restrictions, limit or metadata",
+                    "requestBody": _body("KeyUpdate", True),
+                    "responses": {
+                        **_answer("200", "The changed key", "KeyAnswer"),
+                        **_errors("400", *AUTH_ERRORS, "404", "413"),
+                    },
+                },
+                "delete": {
+                    "operationId": "revokeKey",
+                    "summary": "Revoke a key, at once, on every gateway sharing the store",
+                    "responses": {
+                        **_answer("200", "The key is revoked", "RevokedAnswer"),
+                        **_errors(*AUTH_ERRORS, "404"),
+                    },
+                },
+            },
+            f"{key}/rotate": {
+                "parameters": [ID_PARAMETER],
+                "post": {
+                    "operationId": "rotateKey",
+                    "summary": "Replace a key; the old one keeps working for the grace period",
+                    "requestBody": _body("Rotate", False),
+                    "responses": {
+                        **_answer(
+                            "201",
+                            "The new key, with its secret shown once, and when the old one expires",
+                            "RotatedAnswer",
+                        ),
+                        **_errors("400", *AUTH_ERRORS, "404", "413"),
+                    },
+                },
+            },
+            f"{key}/usage": {
+                "parameters": [ID_PARAMETER],
+                "get": {
+                    "operationId": "getKeyUsage",
+                    "summary": "Requests per UTC day for the last 30 days, newest first",
+                    "responses": {
+                        **_answer("200", "Daily counts by outcome", "UsageAnswer"),
+                        **_errors(*AUTH_ERRORS, "404"),
+                    },
+                },
+            },
+            f"{prefix}/openapi.json": {
+                "get": {
+                    "operationId": "getOpenAPI",
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document",
+                            "content": {JSON: {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key: sk_live_… or sk_test_…",
+                }
+            },
+            "parameters": {
+                "KeyId": {"name": "id", "in": "path", "required": True, "schema": KEY_ID}
+            },
+            "schemas": _schemas(),
+        },
+    }
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    meta = _object({"request_id": {"type": "string"}})
+    key = _object(_key_properties())
+    new_key = _object({**_key_properties(), "key": {"type": "string", "description": "The secret"}})
+    rotated = _object(
+        {
+            **_key_properties(),
+            "key": {"type": "string", "description": "The new key's secret"},
+            "previous_key": _object({"id": KEY_ID, "expires_at": _nullable(TIMESTAMP)}),
+        }
+    )
+    return {
+        "Meta": meta,
+        "Error": _object(
+            {
+                "error": _object(
+                    {
+                        "type": {
+                            "type": "string",
+                            "enum": [
+                                "authentication_error",
+                                "permission_error",
+                                "rate_limit_error",
+                                "invalid_request_error",
+                                "api_error",
+                            ],
+                        },
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {"type": "object"},
+                    }
+                ),
+                "meta": _ref("Meta"),
+            }
+        ),
+        "ApiKey": key,
+        "NewApiKey": new_key,
+        "RotatedApiKey": rotated,
+        "KeyCreate": _object(_key_fields(create=True), required=["name"]),
+        "KeyUpdate": _object(_key_fields(create=False), required=[]),
+        "Rotate": _object({"grace_period": {**_nullable(DURATION), "default": "24h"}}, required=[]),
+        "Verification": _object(
+            {
+                "valid": {"const": True},
+                "key_id": KEY_ID,
+                "name": {"type": "string"},
+                "mode": MODE,
+                "account_id": ACCOUNT_ID,
+                "permissions": STRINGS,
+                "created_at": TIMESTAMP,
+                "expires_at": _nullable(TIMESTAMP),
+                "last_used_at": _nullable(TIMESTAMP),
+                "rotation_due": {
+                    "type": "boolean",
+                    "description": "The key is older than keys.rotation_days.",
+                },
+            }
+        ),
+        "AccountAnswer": _object(
+            {
+                "data": _object(
+                    {
+                        "account_id": ACCOUNT_ID,
+                        "name": {"type": "string"},
+                        "email": {"type": ["string", "null"]},
+                        "plan": {"type": "string"},
+                        "api_version": {"const": "v1"},
+                    }
+                ),
+                "meta": _object({"request_id": {"type": "string"}, "timestamp": TIMESTAMP}),
+            }
+        ),
+        "KeyList": _object(
+            {
+                "data": {"type": "array", "items": _ref("ApiKey")},
+                "has_more": {"type": "boolean"},
+                "meta": _object(
+                    {
+                        "request_id": {"type": "string"},
+                        "limit": {"type": "integer"},
+                        "has_more": {"type": "boolean"},
+                        "next_starting_after": {
+                            **_nullable(KEY_ID),
+                            "description": "Pass as starting_after for the next page.",
+                        },
+                    }
+                ),
+            }
+        ),
+        "KeyAnswer": _object({"data": _ref("ApiKey"), "meta": _ref("Meta")}),
+        "NewKeyAnswer": _object({"data": _ref("NewApiKey"), "meta": _ref("Meta")}),
+        "RotatedAnswer": _object({"data": _ref("RotatedApiKey"), "meta": _ref("Meta")}),
+        "RevokedAnswer": _object(
+            {
+                "data": _object({"id": KEY_ID, "revoked_at": TIMESTAMP}),
+                "message": {"const": "API key revoked successfully"},
+                "meta": _ref("Meta"),
+            }
+        ),
+        "UsageAnswer": _object(
+            {
+                "data": _object(
+                    {
+                        "key_id": KEY_ID,
+                        "days": {
+                            "type": "array",
+                            "minItems": 30,
+                            "maxItems": 30,
+                            "items": _object(
+                                {
+                                    "date": {"type": "string", "format": "date"},
+                                    "allowed": {"type": "integer", "minimum": 0},
+                                    "denied": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "Refused after the key was identified "
+                                        "(403s)",
+                                    },
+                                    "rate_limited": {"type": "integer", "minimum": 0},
+                                }
+                            ),
+                        },
+                    }
+                ),
+                "meta": _ref("Meta"),
+            }
+        ),
+    }

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 CHECK_PATH = "/auth/check"
 URI_HEADERS = ("X-Forwarded-Uri", "X-Original-URI")
 METHOD_HEADERS = ("X-Forwarded-Method", "X-Original-Method")
+ERROR_HEADER = "X-Gateway-Error"
 _METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")  # an RFC 9110 token
 
 
@@ -102,7 +103,11 @@ class ForwardAuth:
     @staticmethod
     def refuse(denial: Denial, ctx: RequestContext) -> web.Response:
         ctx.code = denial.code
-        return error_response(denial, ctx.request_id)
+        response = error_response(denial, ctx.request_id)
+        # The envelope again, for proxies that relay headers but not the body
+        # (nginx auth_request): the example configs answer with it.
+        response.headers[ERROR_HEADER] = response.body.decode()  # type: ignore[union-attr]
+        return response
 
 
 def _single(headers, names: tuple[str, ...]) -> str | None:

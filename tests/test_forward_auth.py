@@ -9,6 +9,7 @@ the client must see the same status, envelope, ``WWW-Authenticate``,
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -77,6 +78,9 @@ async def assert_same_refusal(http, gw, method, uri, headers, code, status):
     assert p_status == status
     assert f'"code":"{code}"' in p_body.decode()
     assert p_headers["X-Request-Id"] == headers["X-Request-Id"]
+    if code != "https_required":  # decided before any route, for every path alike
+        # The envelope again in a header, for proxies that cannot relay a body.
+        assert json.loads(f_headers["X-Gateway-Error"]) == json.loads(p_body)
     return p_headers
 
 

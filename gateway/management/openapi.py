@@ -270,6 +270,29 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     },
                 },
             },
+            f"{prefix}/audit": {
+                "get": {
+                    "operationId": "listAuditEvents",
+                    "summary": "Who created, changed, revoked or rotated the account's keys",
+                    "description": "Newest first. A test-mode key sees events about test keys only.",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 500,
+                                "default": 100,
+                            },
+                        }
+                    ],
+                    "responses": {
+                        **_answer("200", "Audit events", "AuditList"),
+                        **_errors("400", *AUTH_ERRORS),
+                    },
+                }
+            },
             f"{prefix}/openapi.json": {
                 "get": {
                     "operationId": "getOpenAPI",
@@ -406,6 +429,34 @@ def _schemas() -> dict[str, Any]:
                 "data": _object({"id": KEY_ID, "revoked_at": TIMESTAMP}),
                 "message": {"const": "API key revoked successfully"},
                 "meta": _ref("Meta"),
+            }
+        ),
+        "AuditList": _object(
+            {
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "description": "Action-specific fields (fields, new_key_id, "
+                        "grace_period, request_id, …) follow the common ones.",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "at": TIMESTAMP,
+                            "actor": {
+                                "type": "string",
+                                "description": "The acting key's id, or cli for the operator",
+                            },
+                            "action": {
+                                "type": "string",
+                                "examples": ["key.create", "key.update", "key.revoke"],
+                            },
+                            "account_id": {"type": ["string", "null"]},
+                            "key_id": {"type": ["string", "null"]},
+                        },
+                        "required": ["id", "at", "actor", "action", "account_id", "key_id"],
+                    },
+                },
+                "meta": _object({"request_id": {"type": "string"}, "limit": {"type": "integer"}}),
             }
         ),
         "UsageAnswer": _object(

@@ -2,13 +2,18 @@
 
 ``GET /echo...`` answers JSON with the method, path, query, headers and body
 size it saw; ``/stream`` sends server-sent events; ``/upload`` counts a
-streamed body; ``/slow?seconds=N`` waits; anything else echoes too.
+streamed body; ``/slow?seconds=N`` waits; ``/redirect?to=URL`` redirects;
+``/cookies`` sets several cookies; ``/gzip`` answers a gzip-encoded body;
+``/respond?status=N&header=Name:Value`` answers with the status and headers
+asked for; ``/reset`` closes the connection without answering; anything else
+echoes too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 
 from aiohttp import web
@@ -59,12 +64,53 @@ async def slow(request: web.Request) -> web.Response:
     return web.json_response({"slow": True})
 
 
+async def redirect(request: web.Request) -> web.Response:
+    status = int(request.query.get("status", "302"))
+    return web.Response(status=status, headers={"Location": request.query.get("to", "/echo")})
+
+
+async def cookies(request: web.Request) -> web.Response:
+    response = web.Response(text="cookies")
+    for name in ("session", "theme", "csrf"):
+        response.headers.add("Set-Cookie", f"{name}={name}-value; Path=/; HttpOnly")
+    return response
+
+
+GZIP_TEXT = b"compressible " * 200
+GZIP_BODY = gzip.compress(GZIP_TEXT, mtime=0)
+
+
+async def gzipped(request: web.Request) -> web.Response:
+    return web.Response(
+        body=GZIP_BODY, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+    )
+
+
+async def respond(request: web.Request) -> web.Response:
+    response = web.Response(status=int(request.query.get("status", "200")), text="respond")
+    for item in request.query.getall("header", []):
+        name, _, value = item.partition(":")
+        response.headers.add(name.strip(), value.strip())
+    return response
+
+
+async def reset(request: web.Request) -> web.StreamResponse:
+    if request.transport is not None:
+        request.transport.abort()
+    raise ConnectionResetError("reset on purpose")
+
+
 def create_upstream(name: str = "demo-upstream") -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[SERVICE_NAME] = name
     app.router.add_route("*", "/stream", stream)
     app.router.add_route("*", "/upload", upload)
     app.router.add_route("*", "/slow", slow)
+    app.router.add_route("*", "/redirect", redirect)
+    app.router.add_route("*", "/cookies", cookies)
+    app.router.add_route("*", "/gzip", gzipped)
+    app.router.add_route("*", "/respond", respond)
+    app.router.add_route("*", "/reset", reset)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 

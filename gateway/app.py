@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from .config.schema import Config
@@ -23,10 +22,11 @@ from .keys.service import KeyService
 from .keys.store import KeyStore
 from .ops.accesslog import AccessLog
 from .ops.metrics import Metrics
+from .ops.reload import ConfigReloader
 from .pipeline import Pipeline
 from .proxy.forward import new_session
 from .runtime import Runtime, Snapshot
-from .store.connection import StoreHandle, open_store
+from .store.connection import StoreHandle, open_store, pubsub_client
 
 log = logging.getLogger("gateway")
 
@@ -54,7 +54,9 @@ def create_app(
     config_path: str | None = None,
 ) -> web.Application:
     """The public application. Tests may pass a ``store_factory`` for another Redis."""
-    app = web.Application(handler_args={"max_field_size": 65536, "max_line_size": 65536})
+    from .server import parser_limits  # aiohttp's parser limits, just above the gateway's own
+
+    app = web.Application(handler_args=parser_limits(config.server))
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         handle = (store_factory or (lambda c: open_store(c.redis)))(config)
@@ -93,18 +95,22 @@ def create_app(
         )
         runtime.pipeline = Pipeline(prefix=config.keys.prefix, cache=runtime.cache)
         runtime.snapshot = Snapshot.build(config, local_routes_for(runtime))
-        pubsub_client = aioredis.Redis.from_url(
-            handle.url, decode_responses=True, socket_connect_timeout=config.redis.connect_timeout
-        )
-        listener = InvalidationListener(pubsub_client, store.channel, runtime.cache)
+        pubsub = pubsub_client(handle.url, config.redis)
+        listener = InvalidationListener(pubsub, store.channel, runtime.cache)
         listener.start()
         runtime.extras["invalidation"] = listener
         runtime.access_log.start()
+        reloader = ConfigReloader(runtime, config_path, local_routes_for) if config_path else None
+        if reloader is not None:
+            runtime.extras["reload"] = reloader.request  # SIGHUP
+            reloader.start()  # and when the file changes
         app[RUNTIME] = runtime
         app[HANDLER] = PublicHandler(runtime)
         yield
+        if reloader is not None:
+            await reloader.stop()
         await listener.stop()
-        await pubsub_client.aclose()
+        await pubsub.aclose()
         await runtime.access_log.stop()
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -4,6 +4,12 @@ Each worker listens and drops the changed key from its cache at once. After
 a reconnection every cached entry is marked stale (not dropped: it still
 serves under ``stale_if_error``), because messages sent while disconnected
 are lost.
+
+A subscription that dies silently (a partition with no reset, a store that
+restarted behind a proxy) is found by pinging on the subscription itself:
+when no reply of any kind arrives for ``3 * ping_interval`` the listener
+reconnects. Reconnection backs off from 0.1 s to at most 2 s, so a store that
+comes back is listened to again within about two seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import redis.asyncio as aioredis
 
@@ -19,13 +26,28 @@ from .cache import KeyCache
 
 log = logging.getLogger("gateway.invalidation")
 
+MAX_BACKOFF = 2.0
+
+
+class SubscriptionLost(ConnectionError):
+    """The subscription stopped answering pings."""
+
 
 class InvalidationListener:
-    def __init__(self, client: aioredis.Redis, channel: str, cache: KeyCache):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        channel: str,
+        cache: KeyCache,
+        *,
+        ping_interval: float = 5.0,
+    ):
         self.client = client
         self.channel = channel
         self.cache = cache
+        self.ping_interval = ping_interval
         self.connected = asyncio.Event()
+        self.subscriptions = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -45,16 +67,16 @@ class InvalidationListener:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                if self.subscriptions:
+                    log.info("invalidation channel subscribed again")
+                self.subscriptions += 1
                 self.cache.expire_all()
                 self.connected.set()
                 delay = 0.1
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self.cache.invalidate(message["data"])
+                await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
-            except STORE_ERRORS as exc:
+            except (*STORE_ERRORS, SubscriptionLost) as exc:
                 if self.connected.is_set():
                     log.warning("lost the invalidation channel (%s); reconnecting", exc)
                 self.connected.clear()
@@ -62,4 +84,22 @@ class InvalidationListener:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
+        last_heard = last_ping = time.monotonic()
+        while True:
+            # parse_response, not get_message: a PONG must count as heard, and
+            # redis-py's message parsing mangles PONG replies on decoded clients.
+            response = await pubsub.parse_response(block=False, timeout=1.0)
+            now = time.monotonic()
+            if response is not None:
+                last_heard = now
+                if isinstance(response, list) and len(response) == 3 and response[0] == "message":
+                    self.cache.invalidate(response[2])
+                continue
+            if now - last_heard > 3 * self.ping_interval:
+                raise SubscriptionLost(f"no answer on the subscription for {now - last_heard:.0f}s")
+            if now - last_ping >= self.ping_interval:
+                last_ping = now
+                await pubsub.ping()

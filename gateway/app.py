@@ -25,8 +25,11 @@ from .ops.metrics import Metrics
 from .ops.reload import ConfigReloader
 from .pipeline import Pipeline
 from .proxy.forward import new_session
+from .ratelimit import RateLimiter, RedisLimitStore
+from .ratelimit.policy import plan_rate
 from .runtime import Runtime, Snapshot
 from .store.connection import StoreHandle, open_store, pubsub_client
+from .usage import UsageRecorder
 
 log = logging.getLogger("gateway")
 
@@ -93,7 +96,18 @@ def create_app(
                 len(runtime.cache),
             )
         )
-        runtime.pipeline = Pipeline(prefix=config.keys.prefix, cache=runtime.cache)
+        limiter = RateLimiter(
+            RedisLimitStore(handle.client),
+            prefix=config.redis.key_prefix,
+            plan_rate=lambda plan: plan_rate(runtime.snapshot.config, plan),
+            on_store_error=config.rate_limits.on_store_error,
+        )
+        usage = UsageRecorder(handle.client, config.redis.key_prefix)
+        runtime.extras["limiter"] = limiter
+        runtime.extras["usage"] = usage
+        runtime.pipeline = Pipeline(
+            prefix=config.keys.prefix, cache=runtime.cache, limiter=limiter, usage=usage
+        )
         runtime.snapshot = Snapshot.build(config, local_routes_for(runtime))
         pubsub = pubsub_client(handle.url, config.redis)
         listener = InvalidationListener(pubsub, store.channel, runtime.cache)
@@ -104,9 +118,11 @@ def create_app(
         if reloader is not None:
             runtime.extras["reload"] = reloader.request  # SIGHUP
             reloader.start()  # and when the file changes
+        usage.start()
         app[RUNTIME] = runtime
         app[HANDLER] = PublicHandler(runtime)
         yield
+        await usage.stop()  # writes the counts not yet written
         if reloader is not None:
             await reloader.stop()
         await listener.stop()

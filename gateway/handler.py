@@ -206,15 +206,14 @@ class PublicHandler:
             )
         except PayloadTooLarge:
             denial = Denial("payload_too_large", {"max_body_bytes": server.max_body_bytes})
-            return error_response(denial, ctx.request_id), route.name, key_id, denial.code
+            response = error_response(denial, ctx.request_id)
+            response.headers.update(extra or {})  # the request counted against its limits
+            return response, route.name, key_id, denial.code
         except UpstreamFailure as failure:
             rt.metrics.upstream_errors.labels(route.name, failure.kind).inc()
-            return (
-                error_response(failure.denial, ctx.request_id),
-                route.name,
-                key_id,
-                failure.denial.code,
-            )
+            response = error_response(failure.denial, ctx.request_id)
+            response.headers.update(extra or {})
+            return response, route.name, key_id, failure.denial.code
         return response, route.name, key_id, None
 
 

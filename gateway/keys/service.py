@@ -421,6 +421,12 @@ class KeyService:
         )
         return new, secret, retired
 
+    async def usage_days(self, record: KeyRecord, days: int = 30) -> list[dict[str, Any]]:
+        """The key's daily request counts by outcome, newest UTC day first."""
+        from ..usage.reader import UsageReader
+
+        return await UsageReader(self.store.client, self.store.prefix).days(record, days)
+
 
 def rotation_due(record: KeyRecord, rotation_days: int, now: datetime | None = None) -> bool:
     created = parse_time(record.created_at)

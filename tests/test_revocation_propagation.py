@@ -1,0 +1,202 @@
+"""Changes made through one gateway reach every other gateway on the store (SPEC §7).
+
+Two real ``gateway serve`` processes share one Redis. A key is used on B (so B
+holds it in its cache, whose TTL is set far longer than the test), changed
+through A's management API, and B must follow within a second (a revocation
+or rotation) or two (any other change), including after B's subscription to
+the invalidation channel was cut and re-established.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from conftest import bearer, new_account, new_key, run_cli, service_for, upstream_url
+
+from gateway.config import parse_config
+from gateway.keys.model import isoformat, utcnow
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pair(base_config, gateway_process, redis_client, upstream):
+    """(A, B, service on the same store, account id, admin headers for A's API)."""
+    data = base_config(
+        keys={"cache_ttl": "5m"},  # only invalidation can explain B following within seconds
+        routes=[
+            {
+                "name": "users",
+                "match": "/v1/users",
+                "upstream": upstream_url(upstream),
+                "permissions": {"GET": "read", "*": "write"},
+            }
+        ],
+    )
+    a = gateway_process(data, name="a")
+    b = gateway_process(data, name="b")
+    await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
+    service = service_for(redis_client, parse_config(data))
+    account = await new_account(service)
+    _, admin = await new_key(service, account, permissions=["admin"])
+    yield a, b, service, account, bearer(admin)
+
+
+async def _status(http, gateway, secret: str) -> tuple[int, str | None]:
+    async with http.get(gateway.url + "/v1/users/1", headers=bearer(secret)) as resp:
+        body = await resp.json()
+        return resp.status, (body.get("error") or {}).get("code")
+
+
+async def _cached_on(http, gateway, secret: str) -> None:
+    """Use the key on ``gateway`` until it answers from its cache."""
+    for _ in range(3):
+        assert await _status(http, gateway, secret) == (200, None)
+    async with http.get(gateway.admin_url + "/metrics") as resp:
+        metrics = await resp.text()
+    hits = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("gateway_key_cache_hits_total")
+    ]
+    assert hits and hits[0] >= 2, "the key was not served from B's cache"
+
+
+async def _until_refused(http, gateway, secret: str, limit: float) -> tuple[float, tuple]:
+    started = time.monotonic()
+    while True:
+        status = await _status(http, gateway, secret)
+        elapsed = time.monotonic() - started
+        if status != (200, None):
+            return elapsed, status
+        assert elapsed < limit + 1, f"still accepted after {elapsed:.2f}s"
+        await asyncio.sleep(0.01)
+
+
+async def test_revocation_patch_and_rotation_through_a_reach_b_in_time(pair, http):
+    """One pair of processes for the three changes (starting processes is the slow part)."""
+    a, b, service, account, admin = pair
+
+    # A revocation: within one second.
+    key_id, secret = await new_key(service, account, permissions=["read"])
+    await _cached_on(http, b, secret)
+    async with http.delete(a.url + f"/v1/api-keys/{key_id}", headers=admin) as resp:
+        assert resp.status == 200
+    elapsed, status = await _until_refused(http, b, secret, 1.0)
+    assert status == (401, "revoked_api_key")
+    assert elapsed < 1.0, f"revocation took {elapsed:.2f}s"
+    print(f"revocation honoured by the other process after {elapsed * 1000:.0f} ms")
+
+    # A patch removing the permission the route needs: within two seconds.
+    key_id, secret = await new_key(service, account, permissions=["read", "write"])
+    await _cached_on(http, b, secret)
+    async with http.patch(
+        a.url + f"/v1/api-keys/{key_id}", json={"permissions": ["users:write"]}, headers=admin
+    ) as resp:
+        assert resp.status == 200
+    elapsed, status = await _until_refused(http, b, secret, 2.0)
+    assert status == (403, "insufficient_permissions")
+    assert elapsed < 2.0, f"patch took {elapsed:.2f}s"
+
+    # A rotation with no grace period retires the old key: within one second.
+    key_id, secret = await new_key(service, account, permissions=["read"])
+    await _cached_on(http, b, secret)
+    async with http.post(
+        a.url + f"/v1/api-keys/{key_id}/rotate", json={"grace_period": "0s"}, headers=admin
+    ) as resp:
+        assert resp.status == 201
+        new_secret = (await resp.json())["data"]["key"]
+    elapsed, status = await _until_refused(http, b, secret, 1.0)
+    assert status == (401, "expired_api_key")
+    assert elapsed < 1.0, f"rotation took {elapsed:.2f}s"
+    assert await _status(http, b, new_secret) == (200, None)
+
+    # A revocation from the CLI reaches both gateways.
+    key_id, secret = await new_key(service, account, permissions=["read"])
+    await _cached_on(http, a, secret)
+    await _cached_on(http, b, secret)
+    result = await asyncio.to_thread(run_cli, a.config_path, "keys", "revoke", key_id)
+    assert result.returncode == 0, result.stderr
+    for gateway in (a, b):
+        elapsed, status = await _until_refused(http, gateway, secret, 1.0)
+        assert status == (401, "revoked_api_key")
+        assert elapsed < 1.0
+
+
+def _tcp_ports_of(pid: int) -> set[int]:
+    """The local TCP ports of ``pid``'s sockets (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def _subscriptions_of(client: aioredis.Redis, pid: int, unix: bool) -> list[str]:
+    """CLIENT KILL filters for ``pid``'s subscribed connections."""
+    if unix:
+        # The embedded store is this test session's own: every subscriber is a gateway under
+        # test. A is cut too, which changes nothing for what is checked on B.
+        return ["TYPE", "pubsub"]
+    ports = _tcp_ports_of(pid)
+    for entry in await client.client_list(_type="pubsub"):
+        if int(entry["addr"].rsplit(":", 1)[1]) in ports:
+            return ["ID", entry["id"]]
+    raise AssertionError(f"no subscribed connection of process {pid}")
+
+
+async def test_b_follows_a_revocation_made_while_its_subscription_was_down(
+    pair, http, redis_client, redis_url, key_prefix
+):
+    a, b, service, account, admin = pair
+    key_id, secret = await new_key(service, account, permissions=["read"])
+    await _cached_on(http, b, secret)
+    channel = key_prefix + "invalidate"
+    assert (await redis_client.pubsub_numsub(channel))[0][1] == 2
+
+    # Cut B's subscription and revoke in one transaction, so the revocation is surely
+    # published while B is not listening: B never receives that message.
+    assert b.proc is not None
+    target = await _subscriptions_of(redis_client, b.proc.pid, redis_url.startswith("unix:"))
+    record = await service.store.get_key(key_id)
+    assert record is not None
+    revoked = record.evolve(revoked_at=isoformat(utcnow()))
+    async with redis_client.pipeline(transaction=True) as tx:
+        tx.execute_command("CLIENT", "KILL", *target)
+        tx.set(f"{key_prefix}key:{key_id}", revoked.to_json())
+        tx.publish(channel, revoked.hash)
+        killed, _, delivered = await tx.execute()
+    assert killed >= 1 and delivered <= 1
+
+    elapsed, status = await _until_refused(http, b, secret, 1.0)
+    assert status == (401, "revoked_api_key")
+    assert elapsed < 1.0
+    # And B listens again: the next change arrives by the channel as before.
+    deadline = time.monotonic() + 5
+    while (await redis_client.pubsub_numsub(channel))[0][1] < 2:
+        assert time.monotonic() < deadline, "B did not subscribe again"
+        await asyncio.sleep(0.05)
+    other_id, other = await new_key(service, account, permissions=["read"])
+    await _cached_on(http, b, other)
+    async with http.delete(a.url + f"/v1/api-keys/{other_id}", headers=admin) as resp:
+        assert resp.status == 200
+    elapsed, status = await _until_refused(http, b, other, 1.0)
+    assert status == (401, "revoked_api_key")
+    assert elapsed < 1.0

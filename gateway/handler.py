@@ -15,6 +15,7 @@ from .checks.https import is_https
 from .checks.ip import client_ip, in_networks, parse_ip
 from .denials import Denial, error_response
 from .pipeline import Attempt, Principal
+from .proxy.breaker import breaker_for, circuit_open
 from .proxy.forward import PayloadTooLarge, UpstreamFailure, forward
 from .proxy.headers import upstream_request_headers
 from .proxy.paths import PathError, normalise_path
@@ -190,10 +191,16 @@ class PublicHandler:
             host=forwarded_host or request.headers.get("Host"),
         )
         mode = principal.key.record.mode if principal is not None else None
-        url = route.upstream_for(mode) + route.upstream_path(ctx.path)
+        upstream = route.upstream_for(mode)
+        url = upstream + route.upstream_path(ctx.path)
         if ctx.query:
             url += "?" + ctx.query
         key_id = principal.key.id if principal is not None else None
+        breaker = breaker_for(rt.extras, route, upstream) if route.circuit_breaker else None
+        if breaker is not None and not breaker.allow():
+            rt.metrics.upstream_errors.labels(route.name, "circuit_open").inc()
+            denial = circuit_open(breaker)
+            return error_response(denial, ctx.request_id), route.name, key_id, denial.code
         try:
             response = await forward(
                 request,
@@ -210,10 +217,14 @@ class PublicHandler:
             response.headers.update(extra or {})  # the request counted against its limits
             return response, route.name, key_id, denial.code
         except UpstreamFailure as failure:
+            if breaker is not None:
+                breaker.failure()
             rt.metrics.upstream_errors.labels(route.name, failure.kind).inc()
             response = error_response(failure.denial, ctx.request_id)
             response.headers.update(extra or {})
             return response, route.name, key_id, failure.denial.code
+        if breaker is not None:
+            breaker.success()
         return response, route.name, key_id, None
 
 

@@ -23,6 +23,7 @@ class Route:
     rate_limit: Rate | None
     timeout: float
     forward_authorization: bool
+    circuit_breaker: tuple[int, float] | None = None  # (failures, cooldown)
 
     @classmethod
     def build(cls, cfg: RouteConfig) -> Route:
@@ -43,6 +44,9 @@ class Route:
             rate_limit=cfg.rate_limit,
             timeout=cfg.timeout,
             forward_authorization=cfg.forward_authorization,
+            circuit_breaker=(cfg.circuit_breaker.failures, cfg.circuit_breaker.cooldown)
+            if cfg.circuit_breaker
+            else None,
         )
 
     def allows(self, method: str) -> bool:

@@ -283,7 +283,7 @@ async def serve(
         access_log=None,
         handle_signals=False,
         handler_cancellation=True,
-        shutdown_timeout=1.0,  # what is left after drain() is cut off quickly
+        shutdown_timeout=0.1,  # what is still running after drain() is cut off at once
         keepalive_timeout=75.0,  # aiohttp's default is an hour
     )
     await runner.setup()

@@ -122,6 +122,13 @@ class PlanConfig(_Model):
     rate_limit: RateSpec | None = None
 
 
+class CircuitBreakerConfig(_Model):
+    """After ``failures`` consecutive upstream failures, skip the upstream for ``cooldown``."""
+
+    failures: int = Field(5, ge=1)
+    cooldown: Duration = Field(10.0, gt=0)
+
+
 class RouteConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     match: str
@@ -134,6 +141,7 @@ class RouteConfig(_Model):
     rate_limit: RateSpec | None = None
     timeout: Duration = 30.0
     forward_authorization: bool = False
+    circuit_breaker: CircuitBreakerConfig | None = None
 
     @field_validator("match")
     @classmethod

@@ -29,7 +29,11 @@ def admin_routes(get_runtime: Callable[[], Runtime]) -> list[web.RouteDef]:
                 {"status": "unavailable", "store": str(exc) or "timeout"}, status=503
             )
         runtime.metrics.store_up.set(1)
-        return web.json_response({"status": "ready"})
+        body = {"status": "ready"}
+        listener = runtime.extras.get("invalidation")
+        if listener is not None:  # cache invalidation from other replicas
+            body["invalidation"] = "subscribed" if listener.connected.is_set() else "reconnecting"
+        return web.json_response(body)
 
     async def metrics(request: web.Request) -> web.Response:
         runtime = get_runtime()

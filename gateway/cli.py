@@ -303,11 +303,18 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     config = _load(args)
+    if args.limit < 1:
+        raise Refused("--limit must be at least 1")
 
     async def work(service: KeyService) -> int:
+        if args.account:
+            await service.account(args.account)  # an unknown account is refused, not empty
         events = await service.audit.read(account_id=args.account, limit=args.limit)
         if args.json:
             _print_json({"data": events})
+            return 0
+        if not events:
+            print("no audit events")
             return 0
         for e in events:
             extra = {
@@ -315,8 +322,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 for k, v in e.items()
                 if k not in ("at", "actor", "action", "account_id", "key_id", "id")
             }
-            print(f"{e['at']}  {e['actor']:<26} {e['action']:<15} {e.get('key_id') or '-':<26} "
-                  f"{e.get('account_id') or '-'} {json.dumps(extra) if extra else ''}")  # fmt: skip
+            line = (f"{e['at']}  {e['actor']:<26} {e['action']:<15} {e.get('key_id') or '-':<26} "
+                    f"{e.get('account_id') or '-'} {json.dumps(extra) if extra else ''}")  # fmt: skip
+            print(line.rstrip())
         return 0
 
     return asyncio.run(_with_service(config, work))

@@ -537,3 +537,26 @@ async def test_store_down_during_an_operation_is_503(admin, http):
             assert (await resp.json())["error"]["code"] == "auth_backend_unavailable"
     finally:
         client.execute_command = real_execute
+
+
+async def test_usage_and_last_used_follow_real_requests(admin, http):
+    import asyncio
+    import time
+
+    gw, account, _, headers = admin
+    key_id, secret = await new_key(gw.service, account, permissions=["read"])
+    for _ in range(3):
+        async with http.get(gw.url + "/v1/auth/verify", headers=bearer(secret)) as resp:
+            assert resp.status == 200
+    async with http.get(gw.url + "/v1/api-keys", headers=bearer(secret)) as resp:
+        assert resp.status == 403  # identified, then refused: counted as denied
+    deadline = time.monotonic() + 10  # counts may lag by up to 10 s
+    while True:
+        async with http.get(gw.url + f"/v1/api-keys/{key_id}/usage", headers=headers) as resp:
+            today = (await resp.json())["data"]["days"][0]
+        if today["allowed"] >= 3 and today["denied"] >= 1 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert (today["allowed"], today["denied"], today["rate_limited"]) == (3, 1, 0)
+    async with http.get(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:
+        assert (await resp.json())["data"]["last_used_at"] is not None

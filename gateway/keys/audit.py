@@ -1,7 +1,8 @@
 """The audit trail: who created, changed, revoked or rotated which key, and when.
 
 Events go to a Redis stream (capped), one global and one per account, so an
-account's trail reads without scanning everyone's.
+account's trail reads without scanning everyone's. Both get the event in one
+script, under the same stream id, so an event has one ``id`` in either view.
 """
 
 from __future__ import annotations
@@ -16,11 +17,28 @@ from .model import isoformat, utcnow
 
 MAX_EVENTS = 100_000
 
+# KEYS: the global stream, then the account's (optional). ARGV: the cap, then field, value...
+# The account's copy takes the global id; should that not be above the account stream's
+# last id (events written before both shared ids), it gets its own.
+RECORD_SCRIPT = """
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+if KEYS[2] then
+  local copied = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(fields))
+  if type(copied) == 'table' and copied.err then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+  end
+end
+return id
+"""
+
 
 class AuditLog:
     def __init__(self, client: aioredis.Redis, prefix: str):
         self.client = client
         self.prefix = prefix
+        self._record = client.register_script(RECORD_SCRIPT)
 
     def _stream(self, account_id: str | None) -> str:
         return f"{self.prefix}audit:{account_id}" if account_id else f"{self.prefix}audit"
@@ -36,12 +54,14 @@ class AuditLog:
             "key_id": key_id or "",
             "extra": json.dumps(extra, separators=(",", ":")),
         }
+        streams = [self._stream(None)]
+        if account_id:
+            streams.append(self._stream(account_id))
+        args: list[str | int] = [MAX_EVENTS]
+        for name, value in event.items():
+            args += [name, value or ""]
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._stream(None), event, maxlen=MAX_EVENTS, approximate=True)
-                if account_id:
-                    pipe.xadd(self._stream(account_id), event, maxlen=MAX_EVENTS, approximate=True)
-                await pipe.execute()
+            await self._record(keys=streams, args=args)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 

@@ -161,3 +161,19 @@ async def test_management_paths_follow_the_configured_prefix(start_gateway, base
     async with http.get(gw.url + "/v1/auth/verify", headers=bearer(secret)) as resp:
         assert resp.status == 404
         assert (await resp.json())["error"]["code"] == "route_not_found"
+
+
+async def test_rate_limits_apply_to_management_calls(start_gateway, base_config, http):
+    gw = await start_gateway(base_config())
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, rate_limit="2/minute")
+    for remaining in (1, 0):
+        async with http.get(gw.url + "/v1/auth/verify", headers=bearer(secret)) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-RateLimit-Limit"] == "2"
+            assert resp.headers["X-RateLimit-Remaining"] == str(remaining)
+            assert "RateLimit-Policy" in resp.headers and "RateLimit" in resp.headers
+    async with http.get(gw.url + "/v1/account", headers=bearer(secret)) as resp:
+        assert resp.status == 429
+        assert int(resp.headers["Retry-After"]) > 0
+        assert (await resp.json())["error"]["code"] == "rate_limit_exceeded"

@@ -28,7 +28,7 @@ async def echo(request: web.Request) -> web.Response:
             "service": request.app.get(SERVICE_NAME, "demo-upstream"),
             "method": request.method,
             "path": request.raw_path.split("?", 1)[0],
-            "query": request.query_string,
+            "query": request.raw_path.partition("?")[2],  # as received, not decoded
             "headers": [[k, v] for k, v in request.headers.items()],
             "body_bytes": len(body),
             "body": body.decode("utf-8", "replace") if len(body) <= 4096 else None,

@@ -134,22 +134,22 @@
   }
 
   function showBanner(text) {
-    var banner = $("banner");
-    banner.textContent = text;
-    banner.className = "banner error";
-    show(banner, true);
+    hideBanner();
+    $("banner").textContent = text;
+    show($("banner"), true);
   }
 
   function showFlash(text) {
-    var banner = $("banner");
-    banner.textContent = text;
-    banner.className = "banner success";
-    show(banner, true);
+    hideBanner();
+    $("flash").textContent = text;
+    show($("flash"), true);
   }
 
   function hideBanner() {
-    show($("banner"), false);
-    $("banner").textContent = "";
+    ["banner", "flash"].forEach(function (id) {
+      show($(id), false);
+      $(id).textContent = "";
+    });
   }
 
   // -- formatting ---------------------------------------------------------------------
@@ -394,9 +394,10 @@
     $("page-next").disabled = !state.hasMore;
   }
 
+  /* A cell's content sits in one wrapper, so narrow screens can lay out label and content. */
   function cell(label, children, props) {
     var attrs = Object.assign({ "data-label": label }, props || {});
-    return el("td", attrs, children);
+    return el("td", attrs, [el("div", { className: "cell" }, children)]);
   }
 
   function keyRow(key) {
@@ -442,7 +443,9 @@
     }
     var permissions = key.permissions && key.permissions.length ? key.permissions.join(", ") : null;
     var row = el("tr", { "data-key-id": key.id, className: "status-" + status }, [
-      el("th", { scope: "row", "data-label": "Name" }, [el("span", { className: "key-name", text: name })]),
+      el("th", { scope: "row", "data-label": "Name" }, [
+        el("div", { className: "cell" }, [el("span", { className: "key-name", text: name })]),
+      ]),
       cell("Key", [el("code", { className: "key-mask", text: maskedKey(key) })]),
       cell("Mode", [badge(key.mode, key.mode === "test" ? "test" : "live")]),
       cell("Permissions", [
@@ -713,6 +716,7 @@
     destroyChart();
     clear($("usage-body"));
     clear($("usage-totals"));
+    clear($("usage-key"));
     $("usage-title").textContent = "Usage";
     var encoded = encodeURIComponent(keyId);
     Promise.all([api("GET", "/api-keys/" + encoded), api("GET", "/api-keys/" + encoded + "/usage")])
@@ -721,8 +725,56 @@
         var usage = (results[1].data && results[1].data.data) || {};
         $("usage-title").textContent = "Usage of " + (key.name || keyId) + " (" + maskedKey(key) + ")";
         renderUsage(Array.isArray(usage.days) ? usage.days : []);
+        renderKeySettings(key);
       })
       .catch(failed);
+  }
+
+  function listOrNone(values, none) {
+    if (!Array.isArray(values) || values.length === 0) return null;
+    var list = el("ul", { className: "plain-list" });
+    values.forEach(function (value) {
+      list.appendChild(el("li", null, [el("code", { text: String(value) })]));
+    });
+    return list;
+  }
+
+  function metadataList(metadata) {
+    var names = metadata && typeof metadata === "object" ? Object.keys(metadata) : [];
+    if (!names.length) return null;
+    var list = el("ul", { className: "plain-list" });
+    names.forEach(function (name) {
+      var value = metadata[name];
+      list.appendChild(
+        el("li", null, [
+          el("span", { className: "meta-name", text: name }),
+          ": ",
+          el("span", { text: typeof value === "string" ? value : JSON.stringify(value) }),
+        ])
+      );
+    });
+    return list;
+  }
+
+  function renderKeySettings(key) {
+    var status = keyStatus(key);
+    describe($("usage-key"), [
+      ["Key id", el("code", { text: key.id || "" })],
+      ["Status", status + (status === "active" && rotationDue(key) ? " (rotation due)" : "")],
+      ["Mode", key.mode || null],
+      ["Permissions", (key.permissions || []).join(", ") || null, "none"],
+      ["Created", key.created_at ? timeCell(key.created_at) : null],
+      ["Last used", key.last_used_at ? timeCell(key.last_used_at) : null, "never"],
+      ["Expires", key.expires_at ? timeCell(key.expires_at) : null, "never"],
+      ["Revoked", key.revoked_at ? timeCell(key.revoked_at) : null, "no"],
+      ["Rate limit", key.rate_limit || null, "the plan's"],
+      ["Allowed IPs", listOrNone(key.allowed_ips), "any"],
+      ["Allowed referrers", listOrNone(key.allowed_referrers), "any"],
+      ["Allowed endpoints", listOrNone(key.allowed_endpoints), "any"],
+      ["Metadata", metadataList(key.metadata), "none"],
+      ["Rotated from", key.rotated_from ? el("code", { text: key.rotated_from }) : undefined],
+      ["Rotated to", key.rotated_to ? el("code", { text: key.rotated_to }) : undefined],
+    ]);
   }
 
   function renderUsage(days) {
@@ -894,7 +946,11 @@
               el("td", { "data-label": "When" }, [timeCell(event.at, "\u2014")]),
               el("td", { "data-label": "Action", text: event.action || "" }),
               el("td", { "data-label": "Key" }, [el("code", { text: event.key_id || "\u2014" })]),
-              el("td", { "data-label": "By" }, [el("code", { text: event.actor || "" })]),
+              el("td", { "data-label": "By" }, [
+                event.actor === "cli"
+                  ? el("span", { text: "operator (command line)" })
+                  : el("code", { text: event.actor || "" }),
+              ]),
               el("td", { "data-label": "Details", text: extra }),
             ])
           );

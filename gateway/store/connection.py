@@ -139,6 +139,11 @@ class StoreHandle:
             self.embedded.stop()
 
 
+def _keepalive(url: str) -> dict[str, Any]:
+    """TCP keep-alive, for TCP URLs only: a unix socket connection refuses the option."""
+    return {} if url.startswith("unix:") else {"socket_keepalive": True}
+
+
 def open_store(config: RedisConfig) -> StoreHandle:
     embedded = None
     url = config.url
@@ -154,7 +159,7 @@ def open_store(config: RedisConfig) -> StoreHandle:
         decode_responses=True,
         socket_timeout=config.socket_timeout,
         socket_connect_timeout=config.connect_timeout,
-        socket_keepalive=True,
+        **_keepalive(url),
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=1),
         health_check_interval=30,
     )
@@ -172,6 +177,6 @@ def pubsub_client(url: str, config: RedisConfig) -> aioredis.Redis:
         decode_responses=True,
         socket_connect_timeout=config.connect_timeout,
         socket_timeout=max(config.socket_timeout, 5.0),
-        socket_keepalive=True,
+        **_keepalive(url),
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=0),
     )

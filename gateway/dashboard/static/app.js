@@ -717,6 +717,7 @@
     clear($("usage-body"));
     clear($("usage-totals"));
     clear($("usage-key"));
+    show($("usage-empty"), false);
     $("usage-title").textContent = "Usage";
     var encoded = encodeURIComponent(keyId);
     Promise.all([api("GET", "/api-keys/" + encoded), api("GET", "/api-keys/" + encoded + "/usage")])
@@ -800,6 +801,7 @@
         ])
       );
     });
+    show($("usage-empty"), totals.allowed + totals.denied + totals.rate_limited === 0);
     var body = $("usage-body");
     days.forEach(function (day) {
       body.appendChild(
@@ -869,6 +871,7 @@
     });
   }
 
+  /* The limit the gateway applied to this call, from its RateLimit-Policy / X-RateLimit-Limit. */
   function rateFromHeaders(headers) {
     var limit = headers.get("X-RateLimit-Limit");
     var policy = headers.get("RateLimit-Policy") || "";
@@ -877,12 +880,33 @@
     var seconds = window ? parseInt(window[1], 10) : null;
     var names = { 1: "second", 60: "minute", 3600: "hour", 86400: "day" };
     var per = seconds ? names[seconds] || seconds + " seconds" : null;
-    return limit + " requests" + (per ? " per " + per : "");
+    var count = Number(limit);
+    var shown = isNaN(count) ? limit : count.toLocaleString("en-US");
+    return shown + " requests" + (per ? " per " + per : "");
+  }
+
+  function rateText(rate) {
+    var match = /^(\d+)\/(\w+)$/.exec(rate || "");
+    if (!match) return rate;
+    return Number(match[1]).toLocaleString("en-US") + " requests per " + match[2];
   }
 
   function loadAccount() {
-    return api("GET", "/account")
-      .then(function (result) {
+    var me = state.me || {};
+    var own = me.key_id
+      ? api("GET", "/api-keys/" + encodeURIComponent(me.key_id)).then(
+          function (result) {
+            return (result.data && result.data.data) || {};
+          },
+          function () {
+            return {};
+          }
+        )
+      : Promise.resolve({});
+    return Promise.all([api("GET", "/account"), own])
+      .then(function (results) {
+        var result = results[0];
+        var ownKey = results[1];
         var account = (result.data && result.data.data) || {};
         state.account = account;
         if (account.name) $("whoami-account").textContent = account.name;
@@ -904,10 +928,14 @@
           });
         }
         var seen = rateFromHeaders(result.headers);
-        limits.push(["This key's current limit", seen, "no rate limit reported"]);
+        if (ownKey.rate_limit) {
+          limits.push(["This key's own rate limit", rateText(ownKey.rate_limit)]);
+        } else if (planRate === undefined) {
+          // Without a limit of its own, a key is held to the plan's: what the gateway just applied.
+          limits.push(["Plan rate limit, per key", seen, "none reported"]);
+        }
         limits.push(["Key rotation", "every " + CONFIG.rotationDays + " days"]);
         describe($("account-limits"), limits);
-        var me = state.me || {};
         describe($("account-key"), [
           ["Name", me.name || null],
           ["Key id", me.key_id || null],

@@ -115,7 +115,7 @@ def fail_fast_client(url: str, health: StoreHealth, **kwargs: Any) -> aioredis.R
     pool = ConnectionPool.from_url(url, **kwargs)
     base = pool.connection_class
     pool.connection_class = type("FailFast" + base.__name__, (_FailFast, base), {"health": health})
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 class StoreHandle:

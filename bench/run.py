@@ -91,6 +91,12 @@ SCENARIOS: list[Scenario] = [
     Scenario(
         "gateway_cached_key", "gateway, valid cached key", "gateway", headers=bearer("reader")
     ),
+    Scenario(
+        "gateway_rate_limited",
+        "gateway, cached key + rate limit never reached",
+        "gateway",
+        headers=bearer("limited"),
+    ),
 ]
 
 # Ratios printed for every row, and the ones with a target.
@@ -112,6 +118,12 @@ GOALS: list[Goal] = [
         0.9,
         "gateway auth path costs at most 10% vs the plain passthrough",
     ),
+    Goal(
+        "gateway_rate_limited",
+        "gateway_cached_key",
+        0.8,
+        "rate limiting costs at most 20% of the auth-only throughput",
+    ),
 ]
 
 # Routes of the gateway's config (``{upstream}`` is filled in).
@@ -128,6 +140,8 @@ GATEWAY_ROUTES: list[dict] = [
 # Keys created through the CLI before the run: name -> extra `keys create` arguments.
 KEYS: dict[str, list[str]] = {
     "reader": ["--permissions", "read"],
+    # a limit on every request, high enough never to answer 429
+    "limited": ["--permissions", "read", "--rate-limit", "100000000/minute"],
 }
 
 

@@ -63,9 +63,11 @@ def cli_json(cfg: Path, *args: str) -> dict:
 
 
 async def get_status(url: str, secret: str) -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url + "/api/x", headers=bearer(secret)) as resp:
-            return resp.status
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/api/x", headers=bearer(secret)) as resp,
+    ):
+        return resp.status
 
 
 async def wait_for_status(url: str, secret: str, expected: int, within: float) -> int:

@@ -187,6 +187,25 @@ async def test_headers_describe_the_limit_closest_to_running_out():
     assert headers["X-RateLimit-Remaining"] == "1" and headers["X-RateLimit-Reset"] == "54"
 
 
+class HeldStore:
+    """A store whose oldest grant is held 250 ms past its window, as a prefetched one is."""
+
+    def __init__(self, granted: int):
+        self.granted = granted
+
+    async def take(self, takes, now_ms=None):
+        if self.granted:
+            return [Grant(self.granted, 10, 60_250, 0, "g1") for _ in takes]
+        return [Grant(0, 0, 60_250, 60_250) for _ in takes]
+
+
+async def test_reset_and_retry_never_exceed_the_window():
+    allowed = await limiter_on(HeldStore(1), Clock()).check(compiled_key(), "r", None)
+    assert allowed.allowed and allowed.reset == 60
+    refused = await limiter_on(HeldStore(0), Clock()).check(compiled_key(), "r", None)
+    assert not refused.allowed and refused.retry_after == 60 and refused.reset == 60
+
+
 async def test_a_refusal_carries_retry_after_and_the_headers():
     limiter = limiter_on(MemoryLimitStore(), Clock())
     key = compiled_key(rate="1/hour")

@@ -47,7 +47,7 @@ log = logging.getLogger("gateway.ratelimit")
 PREFETCH_SHARE = 50  # at most 1/50 of a limit is prefetched by one worker
 HOLD_SHARE = 0.005  # a prefetched grant lives 0.5% of its window ...
 HOLD_MAX = 0.25  # ... and at most 250 ms
-GRANT_GRACE = 0.02  # units granted for waiting requests must be spent this soon
+GRANT_GRACE = 0.05  # units granted for waiting requests must be spent this soon
 STORE_RETRY = 1.0  # after a store failure, the store is tried again this much later
 PRUNE_EVERY = 30.0
 IDLE_AFTER = 60.0
@@ -377,7 +377,7 @@ class RateLimiter:
             left = c.remaining + c.tokens
             if left > c.limit.rate.limit:
                 left = c.limit.rate.limit
-            reset = math.ceil(c.reset_at - now)
+            reset = min(math.ceil(c.reset_at - now), c.limit.rate.window)
             if best is None or left < best_left or (left == best_left and reset > best_reset):
                 best, best_left, best_reset = c, left, reset
         assert best is not None
@@ -387,7 +387,8 @@ class RateLimiter:
 
     def _denied(self, counters: Sequence[_Counter], now: float) -> RateLimitDecision:
         worst = max(counters, key=lambda c: c.denied_until)
-        retry = max(math.ceil(worst.denied_until - now), 1)
+        # a prefetched grant may hold units up to 250 ms past the window: never said
+        retry = max(min(math.ceil(worst.denied_until - now), worst.limit.rate.window), 1)
         return RateLimitDecision(
             False, worst.limit, worst.form, 0, retry, retry_after=retry, reason=worst.reason
         )

@@ -101,7 +101,9 @@ class PublicHandler:
         except web.HTTPException:
             raise
         except Exception:
-            log.exception("unexpected error handling %s %s", request.method, request_id)
+            log.exception(
+                "unexpected error handling %s %s", request.method, rt.access_log.mask(request_id)
+            )
             denial = Denial("internal_error")
             response = error_response(denial, request_id)
             code = denial.code
@@ -113,7 +115,7 @@ class PublicHandler:
                 path=ctx.path if ctx is not None else "-",
                 status=response.status,
                 duration=duration,
-                request_id=request_id,
+                request_id=rt.access_log.mask(request_id),  # a client may send its key as the id
                 client_ip=peer,
                 key_id=key_id,
                 route=route_name,

@@ -1,0 +1,176 @@
+"""The access log: one JSON line per request, and never a secret in any log."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import aiohttp
+import pytest
+from conftest import bearer, new_account, new_key, service_for, upstream_url
+from http_raw import raw_request
+
+from gateway.config import parse_config
+from gateway.keys.format import checksum
+from gateway.keys.service import CLI
+
+
+def routes(upstream):
+    return [
+        {"name": "api", "match": "/api", "upstream": upstream_url(upstream),
+         "permissions": {"GET": "read", "*": "write"}},
+        {"name": "public", "match": "/public", "upstream": upstream_url(upstream), "auth": "none"},
+    ]  # fmt: skip
+
+
+@pytest.fixture
+async def gw(start_gateway, base_config, upstream):
+    return await start_gateway(base_config(routes=routes(upstream)))
+
+
+def access_lines(gw, capsys) -> list[dict]:
+    gw.runtime.access_log.flush()
+    out = capsys.readouterr().out
+    lines = []
+    for line in out.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("msg") == "request":
+                lines.append(record)
+    return lines
+
+
+class TestAccessLogLines:
+    async def test_one_line_per_request_with_its_fields(self, gw, http, capsys):
+        account = await new_account(gw.service)
+        key_id, secret = await new_key(gw.service, account, permissions=["read"])
+        calls = [
+            ("GET", "/api/users/7?page=2", bearer(secret), "r-ok", 200, key_id),
+            ("POST", "/api/users", bearer(secret), "r-denied", 403, key_id),
+            ("GET", "/api/users", {}, "r-missing", 401, None),
+            ("GET", "/nowhere", {}, "r-404", 404, None),
+            ("GET", "/public/x", {}, "r-public", 200, None),
+        ]
+        for method, path, headers, rid, _, _ in calls:
+            async with http.request(
+                method, gw.url + path, headers={**headers, "X-Request-Id": rid}
+            ) as resp:
+                await resp.read()
+        lines = access_lines(gw, capsys)
+        by_id = {}
+        for line in lines:
+            by_id.setdefault(line["request_id"], []).append(line)
+        for method, path, _, rid, status, logged_key in calls:
+            [line] = by_id[rid]  # exactly one line per request
+            assert line["method"] == method
+            assert line["path"] == path.split("?")[0]  # the query string is never logged
+            assert line["status"] == status
+            assert isinstance(line["duration_ms"], int | float) and line["duration_ms"] >= 0
+            assert line["key_id"] == logged_key
+            assert line["client_ip"] == "127.0.0.1"
+        assert by_id["r-ok"][0]["route"] == "api"
+        assert by_id["r-denied"][0]["code"] == "insufficient_permissions"
+
+    async def test_logged_path_is_the_normalised_one(self, gw, capsys):
+        await raw_request(gw.url, "GET", "/public/a/../b//c", [("X-Request-Id", "r-norm")])
+        [line] = [x for x in access_lines(gw, capsys) if x["request_id"] == "r-norm"]
+        assert line["path"] == "/public/b/c"
+
+    async def test_access_log_can_be_turned_off(
+        self, start_gateway, base_config, upstream, http, capsys
+    ):
+        gw = await start_gateway(base_config(server={"access_log": False}, routes=routes(upstream)))
+        async with http.get(gw.url + "/public/x") as resp:
+            assert resp.status == 200
+        assert access_lines(gw, capsys) == []
+
+
+# -- no secret in any log ---------------------------------------------------------------
+
+
+def gateway_records(caplog) -> str:
+    """Every log record but the test servers' own aiohttp access lines (``gateway serve``
+    turns that logger off; the process test below reads a real gateway's whole output)."""
+    return "\n".join(r.getMessage() for r in caplog.records if r.name != "aiohttp.access")
+
+
+def bad_checksum(secret: str) -> str:
+    return secret[:-1] + ("A" if secret[-1] != "A" else "B")
+
+
+class TestNoSecretInLogs:
+    async def test_no_secret_in_the_access_log_or_any_log_record(self, gw, capsys, caplog):
+        caplog.set_level(logging.DEBUG)
+        account = await new_account(gw.service)
+        _, valid = await new_key(gw.service, account, permissions=["read"])
+        revoked_id, revoked = await new_key(gw.service, account, permissions=["read"])
+        await gw.service.revoke_key(CLI, revoked_id)
+        head = "sk_test_" + "Q" * 32
+        unknown = head + checksum(head)
+        secrets = [valid, revoked, unknown, bad_checksum(valid)]
+        attempts = [
+            ("/api/x", [("Authorization", f"Bearer {valid}")]),
+            ("/api/x", [("Authorization", f"Bearer {revoked}")]),
+            ("/api/x", [("Authorization", f"Bearer {unknown}")]),
+            ("/api/x", [("Authorization", f"Bearer {bad_checksum(valid)}")]),
+            ("/api/x", [("Authorization", f"Bearer {valid} trailing")]),
+            ("/api/x", [("Authorization", f"Basic {valid}")]),
+            ("/api/x", [("Authorization", valid)]),
+            (
+                "/api/x",
+                [("Authorization", f"Bearer {valid}"), ("Authorization", f"Bearer {revoked}")],
+            ),
+            (f"/api/x?api_key={valid}", []),
+            (f"/api/x?key={revoked}&x=1", []),
+            (f"/api/{valid}", []),
+            (f"/api/keys/{revoked}/x", [("Authorization", f"Bearer {valid}")]),
+            ("/api/" + valid.replace("_", "%5F"), []),
+            (f"/public/{unknown}", [("Authorization", f"Bearer {valid}")]),
+            (f"/nowhere/{valid}", []),
+            (f"/api/{valid}/%2e%2e/%2e%2e/%2e%2e", []),  # refused path
+            ("/api/x", [("X-Request-Id", valid)]),
+            ("/api/x", [("X-Api-Key", valid), ("Referer", f"https://app.example.com/?k={valid}")]),
+        ]
+        for target, headers in attempts:
+            resp = await raw_request(gw.url, "GET", target, headers)
+            assert resp.status < 500
+        lines = access_lines(gw, capsys)
+        assert len(lines) == len(attempts)
+        everything = "\n".join(json.dumps(line) for line in lines)
+        everything += "\n" + gateway_records(caplog)
+        everything += "\n" + capsys.readouterr().err
+        for secret in secrets:
+            assert secret not in everything
+            assert secret[8:40] not in everything  # not even the random part
+
+
+class TestProcessLog:
+    async def test_gateway_process_writes_json_lines_without_secrets(
+        self, gateway_process, base_config, upstream, redis_client
+    ):
+        data = base_config(routes=routes(upstream))
+        service = service_for(redis_client, parse_config(data))
+        account = await new_account(service)
+        key_id, secret = await new_key(service, account, permissions=["read"])
+        proc = gateway_process(data).start()
+        async with aiohttp.ClientSession() as session:
+            for target, headers, rid in [
+                ("/api/x", bearer(secret), "p-ok"),
+                (f"/api/x?api_key={secret}", {}, "p-query"),
+                ("/api/x", {"Authorization": f"Bearer {bad_checksum(secret)}"}, "p-bad"),
+            ]:
+                async with session.get(
+                    proc.url + target, headers={**headers, "X-Request-Id": rid}
+                ) as resp:
+                    await resp.read()
+        assert proc.stop() == 0
+        log = proc.log()
+        assert secret not in log and secret[8:40] not in log
+        records = {}
+        for line in log.splitlines():
+            if line.startswith("{") and '"msg":"request"' in line:
+                record = json.loads(line)
+                records[record["request_id"]] = record
+        assert records["p-ok"]["key_id"] == key_id and records["p-ok"]["status"] == 200
+        assert records["p-query"]["status"] == 401 and records["p-query"]["path"] == "/api/x"
+        assert records["p-bad"]["key_id"] is None

@@ -639,7 +639,7 @@ async def test_path_is_configurable_and_the_dashboard_can_be_off(start_gateway, 
 # -- who may sign in ----------------------------------------------------------------------
 
 
-async def test_sign_in_keeps_the_key_in_this_tab_only_and_turns_away_other_keys(dashboard):
+async def test_sign_in_keeps_the_key_in_this_tab_only_and_turns_away_other_keys(dashboard, http):
     tab, gw, page = dashboard.tab, dashboard.gw, dashboard.tab.page
 
     # A refused key is named as refused, and not kept.
@@ -688,6 +688,18 @@ async def test_sign_in_keeps_the_key_in_this_tab_only_and_turns_away_other_keys(
     await page.reload()
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     await tab.shot("3-signed-out")
+
+    # An admin key revoked elsewhere while signed in: the next call signs the page out.
+    await tab.sign_in_admin(dashboard.admin)
+    await gw.service.revoke_key(CLI_ACTOR, dashboard.admin_id)
+    status, _ = await status_within(http, gw.url + "/v1/account", dashboard.admin, 401, 1.0)
+    assert status == 401
+    await page.get_by_role("link", name="Audit trail").click()
+    await expect(page.locator("#signin-error")).to_have_text(
+        "Your key is no longer accepted (revoked_api_key). Sign in again."
+    )
+    assert await page.evaluate("() => sessionStorage.length") == 0
+    await tab.shot("4-revoked-while-signed-in")
     for secret in (dashboard.admin, reader):
         assert not any(secret in url for url in tab.urls)
     tab.assert_clean(401)
@@ -838,6 +850,16 @@ FOCUSED = """() => {
 }"""
 
 
+async def assert_tables_fit(page: Page) -> None:
+    """No table is wider than its box: every column, and so every action, is in view."""
+    overflowing = await page.evaluate(
+        "() => [...document.querySelectorAll('.table-wrap')]"
+        ".filter(w => w.offsetParent !== null && w.scrollWidth > w.clientWidth)"
+        ".map(w => [w.parentElement.id, w.scrollWidth, w.clientWidth, innerWidth])"
+    )
+    assert overflowing == []
+
+
 async def tab_through(page: Page, presses: int) -> list[dict]:
     seen = []
     for _ in range(presses):
@@ -909,8 +931,10 @@ async def test_keyboard_alone_reaches_and_runs_every_action(dashboard, http):
     await page.keyboard.press("Enter")
     await expect(shown).to_be_visible()
     await tab.shot("rotated-by-keyboard", mask=[shown.locator("#secret-value")])
+    await assert_tables_fit(page)  # four keys, one expired by the rotation, at 1280 px
     await page.keyboard.press("Escape")
     await expect(shown).to_be_hidden()
+    assert await page.locator("#secret-value").input_value() == ""
     status, _ = await status_within(http, gw.url + "/v1/users/1", worker, 401, 1.0)
     assert status == 401
     revoke_button = tab.row("Ops admin").get_by_role("button", name="Revoke Ops admin")
@@ -960,6 +984,7 @@ async def looks_right_at(tab: Tab, width: int) -> None:
             "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0
+        await assert_tables_fit(page)
         for box in await page.locator("button:visible, a:visible, input:visible").all():
             rect = await box.bounding_box()
             if rect is not None:
@@ -988,6 +1013,8 @@ async def looks_right_at(tab: Tab, width: int) -> None:
     chart = await page.locator("#usage-chart").bounding_box()
     await chart_totals(page)
     assert 0 < chart["width"] <= width
+    await page.get_by_text("Daily numbers").click()
+    await expect(page.locator("#usage-body tr")).to_have_count(30)
     await fits()
     await tab.shot(f"{width}-usage")
     await page.get_by_role("link", name="Audit trail").click()

@@ -168,9 +168,17 @@
     );
   }
 
+  /* A <time>: date and time of day in two parts, so a narrow column can break between them. */
   function timeCell(iso, none) {
     if (!iso) return el("span", { className: "muted", text: none });
-    return el("time", { datetime: iso, title: iso, text: formatTime(iso) });
+    var text = formatTime(iso);
+    var cut = text.indexOf(" ");
+    if (cut < 0) return el("time", { datetime: iso, title: iso, text: text });
+    return el("time", { datetime: iso, title: iso }, [
+      el("span", { className: "nowrap", text: text.slice(0, cut) }),
+      " ",
+      el("span", { className: "nowrap", text: text.slice(cut + 1) }),
+    ]);
   }
 
   function keyStatus(key) {

@@ -297,3 +297,56 @@ async def test_the_check_path_is_not_a_prefix_match_for_lookalikes(gw, http):
         gw.url + "/v1/auth/checker", headers={"X-Forwarded-Uri": "/public"}
     ) as resp:
         assert resp.status == 404  # no route, not the check endpoint
+
+
+async def test_rate_limit_headers_when_allowed_and_429_when_spent(
+    start_gateway, base_config, upstream, http
+):
+    gw = await start_gateway(base_config(routes=routes(upstream, rate_limit="3/hour")))
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    remaining = []
+    for _ in range(2):
+        status, headers, _ = await ask(http, gw, "GET", "/v1/users", bearer(secret))
+        assert status == 200
+        remaining.append(headers["X-RateLimit-Remaining"])
+        assert headers["RateLimit-Policy"] and headers["RateLimit"] and headers["X-RateLimit-Reset"]
+        assert headers["X-RateLimit-Limit"] == "3"
+    assert remaining == ["2", "1"]
+    # The proxy and forward auth spend from the same allowance.
+    async with http.get(gw.url + "/v1/users", headers=bearer(secret)) as resp:
+        assert resp.status == 200 and resp.headers["X-RateLimit-Remaining"] == "0"
+    given = rid()
+    p_status, p_headers, p_body = await proxied(
+        http, gw, "GET", "/v1/users", {**bearer(secret), "X-Request-Id": given}
+    )
+    for style in ("traefik", "nginx", "envoy"):
+        f_status, f_headers, f_body = await ask(
+            http, gw, "GET", "/v1/users", {**bearer(secret), "X-Request-Id": given}, style
+        )
+        assert f_status == p_status == 429
+        assert f_headers["X-Request-Id"] == given
+        assert "WWW-Authenticate" not in f_headers
+        # Retry-After counts down: the same within the second that may tick between the two.
+        assert abs(int(f_headers["Retry-After"]) - int(p_headers["Retry-After"])) <= 1
+        assert int(f_headers["Retry-After"]) > 3000
+        forwarded, direct = json.loads(f_body), json.loads(p_body)
+        for body in (forwarded, direct):
+            body["error"]["details"].pop("retry_after")
+        assert forwarded == direct
+        assert forwarded["error"]["code"] == "rate_limit_exceeded"
+        assert f_headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_decisions_are_counted_in_usage_like_proxied_requests(gw, http):
+    account = await new_account(gw.service)
+    key_id, secret = await new_key(
+        gw.service, account, permissions=["read"], allowed_endpoints=["/v1/users"]
+    )
+    assert (await ask(http, gw, "GET", "/v1/users", bearer(secret)))[0] == 200
+    assert (await ask(http, gw, "GET", "/v1/users", bearer(secret), "envoy"))[0] == 200
+    assert (await ask(http, gw, "GET", "/v1/users/9", bearer(secret)))[0] == 403
+    await gw.runtime.extras["usage"].flush()
+    record = await gw.runtime.store.get_key(key_id)
+    today = (await gw.service.usage_days(record, 1))[0]
+    assert (today["allowed"], today["denied"], today["rate_limited"]) == (2, 1, 0)

@@ -334,3 +334,44 @@ async def test_gateway_unreachable_refuses_rather_than_passes(upstream, nginx, c
     status, headers, body = await fetch(client, "GET", front.url + "/public/x")
     assert status == 503
     assert json.loads(body)["error"]["code"] == "auth_backend_unavailable"
+
+
+async def test_rate_limited_key_gets_429_with_retry_after_and_limit_headers(
+    start_gateway, base_config, upstream, nginx, client
+):
+    gw = await start_gateway(
+        base_config(
+            server={"trusted_proxies": ["127.0.0.1/32"]},
+            routes=[
+                {
+                    "name": "users",
+                    "match": "/v1/users",
+                    "upstream": upstream_url(upstream),
+                    "rate_limit": "2/hour",
+                }
+            ],
+        )
+    )
+    front = await asyncio.to_thread(nginx, gw.server.port, upstream.port)
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account)
+    seen = []
+    for _ in range(2):
+        status, headers, _ = await fetch(client, "GET", front.url + "/v1/users", bearer(secret))
+        seen.append(
+            (status, headers.get("X-RateLimit-Remaining"), headers.get("X-RateLimit-Limit"))
+        )
+        assert headers["RateLimit-Policy"] and headers["RateLimit"]
+    assert seen == [(200, "1", "2"), (200, "0", "2")]
+    given = {**bearer(secret), "X-Request-Id": rid()}
+    p_status, p_headers, p_body = await fetch(client, "GET", gw.url + "/v1/users", given)
+    n_status, n_headers, n_body = await fetch(client, "GET", front.url + "/v1/users", given)
+    assert p_status == n_status == 429, front.error_log()[-2000:]
+    assert n_headers.getall("X-Request-Id") == [given["X-Request-Id"]]
+    assert abs(int(n_headers["Retry-After"]) - int(p_headers["Retry-After"])) <= 1
+    assert n_headers["X-RateLimit-Remaining"] == "0"
+    assert "WWW-Authenticate" not in n_headers
+    direct, relayed = json.loads(p_body), json.loads(n_body)
+    for body in (direct, relayed):
+        body["error"]["details"].pop("retry_after")
+    assert relayed == direct and relayed["error"]["code"] == "rate_limit_exceeded"

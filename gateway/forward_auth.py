@@ -11,9 +11,10 @@ headers for the proxy to copy upstream.
 
 The original request is read from:
 
-- URI: ``X-Forwarded-Uri`` (Traefik, ingress-nginx), ``X-Original-URI`` (nginx
-  examples), else the path after ``/auth/check`` (Envoy ``ext_authz`` with a
-  ``path_prefix``);
+- URI: ``X-Forwarded-Uri`` (Traefik), ``X-Original-URI`` (nginx
+  ``auth_request`` examples), ``X-Original-URL`` (ingress-nginx: a whole URL,
+  of which the path is used), else the path after ``/auth/check`` (Envoy
+  ``ext_authz`` with a ``path_prefix``);
 - method: ``X-Forwarded-Method`` or ``X-Original-Method``, else the check
   request's own;
 - scheme: ``X-Forwarded-Proto``, believed only from ``server.trusted_proxies``
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from .runtime import LocalHandler, Runtime
 
 CHECK_PATH = "/auth/check"
-URI_HEADERS = ("X-Forwarded-Uri", "X-Original-URI")
+URI_HEADERS = ("X-Forwarded-Uri", "X-Original-URI", "X-Original-URL")
 METHOD_HEADERS = ("X-Forwarded-Method", "X-Original-Method")
 ERROR_HEADER = "X-Gateway-Error"
 _METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")  # an RFC 9110 token

@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 from gateway.keys.service import CLI
 
 CHECK = "/v1/auth/check"
+STYLES = ("traefik", "nginx", "ingress-nginx", "envoy")
 COMPARED = ("WWW-Authenticate", "Retry-After", "Allow", "X-Request-Id", "Content-Type")
 
 
@@ -56,6 +57,11 @@ async def ask(http, gw, method, uri, headers=None, style="traefik"):
     elif style == "nginx":
         headers.update({"X-Original-Method": method, "X-Original-URI": uri})
         url, own = gw.url + CHECK, "GET"
+    elif style == "ingress-nginx":
+        headers.update(
+            {"X-Original-Method": method, "X-Original-URL": "https://api.example.com" + uri}
+        )
+        url, own = gw.url + CHECK, "GET"
     else:  # envoy ext_authz: the original method and path after the prefix
         url, own = gw.url + CHECK + uri, method
     async with http.request(own, url, headers=headers) as resp:
@@ -70,7 +76,7 @@ async def proxied(http, gw, method, uri, headers=None):
 async def assert_same_refusal(http, gw, method, uri, headers, code, status):
     headers = {"X-Request-Id": rid(), **headers}
     p_status, p_headers, p_body = await proxied(http, gw, method, uri, headers)
-    for style in ("traefik", "nginx", "envoy"):
+    for style in STYLES:
         f_status, f_headers, f_body = await ask(http, gw, method, uri, headers, style)
         assert (f_status, f_body) == (p_status, p_body), style
         for name in COMPARED:
@@ -91,7 +97,7 @@ async def test_valid_key_is_200_empty_with_the_identity_the_upstream_would_get(g
         upstream_saw = {
             k: v for k, v in (await resp.json())["headers"] if k.startswith("X-Gateway-")
         }
-    for style in ("traefik", "nginx", "envoy"):
+    for style in STYLES:
         status, headers, body = await ask(http, gw, "GET", "/v1/users/7?x=1", bearer(secret), style)
         assert (status, body) == (200, b""), style
         assert {
@@ -176,7 +182,7 @@ async def test_endpoint_restriction_is_matched_on_the_normalised_original_uri(gw
         gw.service, account, permissions=["write"], allowed_endpoints=["GET /v1/users/*"]
     )
     for uri in ("/v1/users/7", "/v1/users/7?q=/secret", "/v1/./users//7", "/v1/users/x/../7"):
-        for style in ("traefik", "nginx"):
+        for style in ("traefik", "nginx", "ingress-nginx"):
             assert (await ask(http, gw, "GET", uri, bearer(secret), style))[0] == 200, (uri, style)
     assert (await ask(http, gw, "GET", "/v1/users/7", bearer(secret), "envoy"))[0] == 200
     for method, uri in (
@@ -228,7 +234,7 @@ async def test_route_method_and_path_failures_refuse_as_the_proxy_does(gw, http)
     h = await assert_same_refusal(http, gw, "PATCH", "/v1/users/1", {}, "method_not_allowed", 405)
     assert h["Allow"] == "DELETE, GET, HEAD, POST"
     for uri in ("/v1/users/%2e%2e/%2e%2e/%2e%2e/etc", "/v1/users/a%2fb", "/v1/users/a%00"):
-        for style in ("traefik", "nginx"):
+        for style in ("traefik", "nginx", "ingress-nginx"):
             status, headers, body = await ask(http, gw, "GET", uri, {}, style)
             assert status == 400, (uri, style)
             assert b'"code":"bad_request"' in body
@@ -261,7 +267,7 @@ async def test_auth_none_route_is_allowed_without_identity_even_with_a_bad_heade
     account = await new_account(gw.service)
     _, secret = await new_key(gw.service, account, permissions=["admin"])
     for headers in ({}, {"Authorization": "Basic zzz"}, bearer(secret)):
-        for style in ("traefik", "nginx", "envoy"):
+        for style in STYLES:
             status, out, body = await ask(http, gw, "GET", "/public/page", headers, style)
             assert (status, body) == (200, b"")
             assert not [k for k in out if k.lower().startswith("x-gateway-")]
@@ -320,7 +326,7 @@ async def test_rate_limit_headers_when_allowed_and_429_when_spent(
     p_status, p_headers, p_body = await proxied(
         http, gw, "GET", "/v1/users", {**bearer(secret), "X-Request-Id": given}
     )
-    for style in ("traefik", "nginx", "envoy"):
+    for style in STYLES:
         f_status, f_headers, f_body = await ask(
             http, gw, "GET", "/v1/users", {**bearer(secret), "X-Request-Id": given}, style
         )

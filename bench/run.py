@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -96,6 +97,17 @@ SCENARIOS: list[Scenario] = [
         "gateway, cached key + rate limit never reached",
         "gateway",
         headers=bearer("limited"),
+    ),
+    Scenario(
+        "forward_auth",
+        "forward auth decision (/v1/auth/check), cached key",
+        "gateway",
+        path="/v1/auth/check",
+        headers=lambda bench: {
+            **bearer("reader")(bench),
+            "X-Forwarded-Method": "GET",
+            "X-Forwarded-Uri": "/bench/items?page=1",
+        },
     ),
 ]
 
@@ -274,6 +286,9 @@ class Bench:
 
     def service(self, name: str) -> Service:
         if name not in self.services:
+            if name in self.args.compare_commands:
+                self.services[name] = self._start_command(name, self.args.compare_commands[name])
+                return self.services[name]
             starter = {
                 "upstream": self._start_upstream,
                 "passthrough": self._start_passthrough,
@@ -281,6 +296,18 @@ class Bench:
             }[name]
             self.services[name] = starter()
         return self.services[name]
+
+    def _start_command(self, name: str, command: str) -> Service:
+        """A proxy of your own (``--compare``), run in front of the same upstream."""
+        upstream = self.service("upstream")
+        port = free_port()
+        argv = shlex.split(
+            command.format(port=port, upstream=f"http://127.0.0.1:{upstream.port}",
+                           upstream_port=upstream.port, python=PYTHON)
+        )  # fmt: skip
+        proc = self.procs.start(name, argv, self.tmp / f"{name}.log", cwd=ROOT)
+        wait_until(lambda: http_get(port, "/bench")[0] < 500, name, proc, 20)
+        return Service(name, port, proc)
 
     def _start_upstream(self) -> Service:
         port = free_port()
@@ -530,8 +557,20 @@ def measure(bench: Bench, scenario: Scenario, profile_to: Path | None) -> dict:
     profiler = None
     if profile_to is not None:
         profiler = start_profiler(bench, service, profile_to)
+    pids = service.pids()
+    server_core = min(bench.args.server_cpus) if bench.args.server_cpus else None
+    cpu_before, core_before, wall_before = cpu_seconds(pids), core_busy(server_core), time.time()
     try:
         result = run_wrk(bench, scenario, bench.args.duration, service.port)
+        wall = time.time() - wall_before
+        used = cpu_seconds(pids) - cpu_before
+        result["cpu_us_per_req"] = used * 1e6 / max(result.get("requests", 0), 1)
+        result["cpu_busy"] = used / wall
+        if server_core is not None:
+            # What else ran on the measured core meanwhile (other work on a shared machine).
+            result["server_core_others"] = max(
+                0.0, (core_busy(server_core) - core_before - used) / wall
+            )
     finally:
         if profiler is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -541,6 +580,30 @@ def measure(bench: Bench, scenario: Scenario, profile_to: Path | None) -> dict:
     if profile_to is not None:
         result["profile"] = str(profile_to.relative_to(ROOT))
     return result
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def core_busy(cpu: int | None) -> float:
+    """Seconds core ``cpu`` has spent busy (anything but idle and iowait) since boot."""
+    if cpu is None:
+        return 0.0
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            values = [int(v) for v in line.split()[1:]]
+            return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
+    return 0.0
 
 
 def start_profiler(bench: Bench, service: Service, out: Path) -> subprocess.Popen:
@@ -563,10 +626,22 @@ def ratio(rows: dict[str, dict], name: str, baseline: str) -> float | None:
     return rows[name]["rps"] / rows[baseline]["rps"]
 
 
+def cpu_ratio(rows: dict[str, dict], name: str, baseline: str) -> float | None:
+    """Throughput ratio implied by CPU cost per request (robust to a shared machine)."""
+    mine = rows.get(name, {}).get("cpu_us_per_req")
+    base = rows.get(baseline, {}).get("cpu_us_per_req")
+    if not mine or not base:
+        return None
+    return base / mine
+
+
 def print_table(rows: dict[str, dict], scenarios: list[Scenario]) -> None:
     baselines = [b for b in BASELINES if b in rows]
-    head = f"{'scenario':<34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+    width = max([len(s.title) for s in scenarios if s.name in rows] + [8]) + 2
+    head = f"{'scenario':<{width}}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'cpu us/req':>11}"
     head += "".join(f"{'x ' + b:>15}" for b in baselines)
+    if "passthrough" in rows:
+        head += f"{'cpu x passthr.':>16}"
     print(head)
     print("-" * len(head))
     for s in scenarios:
@@ -574,12 +649,18 @@ def print_table(rows: dict[str, dict], scenarios: list[Scenario]) -> None:
             continue
         r = rows[s.name]
         line = (
-            f"{s.title:<34}{r['rps']:>10,.0f}{r.get('p50_ms', 0):>9.2f}{r.get('p99_ms', 0):>9.2f}"
+            f"{s.title:<{width}}{r['rps']:>9,.0f}{r.get('p50_ms', 0):>8.2f}{r.get('p99_ms', 0):>8.2f}"
+            f"{r.get('cpu_us_per_req', 0):>11.1f}"
         )
         for b in baselines:
             value = ratio(rows, s.name, b)
             line += f"{value:>15.3f}" if value is not None else f"{'':>15}"
+        if "passthrough" in rows:
+            value = cpu_ratio(rows, s.name, "passthrough")
+            line += f"{value:>16.3f}" if value is not None else f"{'':>16}"
         flags = []
+        if r.get("server_core_others", 0) > 0.05:
+            flags.append(f"server core {r['server_core_others']:.0%} busy with other work")
         if r.get("non_2xx"):
             flags.append(f"{r['non_2xx']} non-2xx")
         if r.get("socket_errors"):
@@ -629,7 +710,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default="flamegraph")  # fmt: skip
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="also measure a server of your own, e.g. "
+        "'lean={python} /tmp/lean.py --port {port} --upstream {upstream}' "
+        "({upstream_port} and {python} are filled in too)",
+    )
     args = parser.parse_args(argv)
+    args.compare_commands = {}
+    for item in args.compare:
+        name, sep, command = item.partition("=")
+        if (
+            not sep
+            or not re.fullmatch(r"[a-z][a-z0-9_]*", name)
+            or name in {"upstream", "passthrough", "gateway"}
+        ):
+            parser.error(f"--compare wants NAME=COMMAND with a new lower-case NAME, not {item!r}")
+        args.compare_commands[name] = command
     cpus = sorted(os.sched_getaffinity(0))
     args.server_cpus = args.client_cpus = None
     if not args.no_pin and len(cpus) >= 2:
@@ -646,14 +746,16 @@ def main(argv: list[str] | None = None) -> int:
         for s in SCENARIOS:
             print(f"{s.name:<24} {s.title}  [{s.target} {s.method} {s.path}]")
         return 0
-    scenarios = SCENARIOS
+    scenarios = SCENARIOS + [
+        Scenario(name, f"{name} (--compare)", name) for name in args.compare_commands
+    ]
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = set(wanted) - {s.name for s in SCENARIOS}
+        unknown = set(wanted) - {s.name for s in scenarios}
         if unknown:
             print(f"bench: unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
-        scenarios = [s for s in SCENARIOS if s.name in wanted]
+        scenarios = [s for s in scenarios if s.name in wanted]
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (run bench/install-wrk.sh)", file=sys.stderr)
         return 2
@@ -729,9 +831,16 @@ def main(argv: list[str] | None = None) -> int:
         if value is None:
             continue
         ok = value >= goal.min_ratio
-        goals.append({**goal.__dict__, "ratio": round(value, 4), "pass": ok})
+        by_cpu = cpu_ratio(rows, goal.scenario, goal.baseline)
+        goals.append({**goal.__dict__, "ratio": round(value, 4), "pass": ok,
+                      "cpu_ratio": round(by_cpu, 4) if by_cpu else None})  # fmt: skip
         print(f"{'PASS' if ok else 'FAIL'}: {goal.text}: "
-              f"{goal.scenario} = {value:.3f} x {goal.baseline} (goal >= {goal.min_ratio})")  # fmt: skip
+              f"{goal.scenario} = {value:.3f} x {goal.baseline} (goal >= {goal.min_ratio})"
+              + (f"; by CPU per request {by_cpu:.3f}" if by_cpu else ""))  # fmt: skip
+    contended = [n for n, r in rows.items() if r.get("server_core_others", 0) > 0.05]
+    if contended:
+        print("note: other work shared the measured core during " + ", ".join(contended)
+              + "; req/s ratios are unreliable, the CPU-per-request ratios less so")  # fmt: skip
     if "gateway" in bench.services:
         print(f"(gateway access log on: {access_lines:,} lines written)")
     if not args.no_save:

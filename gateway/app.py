@@ -57,7 +57,7 @@ def create_app(
     config_path: str | None = None,
 ) -> web.Application:
     """The public application. Tests may pass a ``store_factory`` for another Redis."""
-    from .server import parser_limits  # aiohttp's parser limits, just above the gateway's own
+    from .server import expect_handler, parser_limits  # aiohttp settings of the public port
 
     app = web.Application(handler_args=parser_limits(config.server))
 
@@ -140,7 +140,7 @@ def create_app(
     async def handle(request: web.Request) -> web.StreamResponse:
         return await request.app[HANDLER](request)
 
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=expect_handler)
     return app
 
 

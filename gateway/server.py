@@ -34,7 +34,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
@@ -63,6 +63,18 @@ def parser_limits(server: ServerConfig) -> dict[str, int]:
         "max_field_size": field,
         "max_headers": server.max_header_count + 16,
     }
+
+
+async def expect_handler(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered as aiohttp does; any other expectation is ignored.
+
+    (RFC 9110 §10.1.1 allows ignoring it; aiohttp's own handler answers a
+    text/plain 417, or a 500 when the value is not UTF-8.)
+    """
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response itself has not started
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:

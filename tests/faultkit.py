@@ -272,8 +272,15 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> RawAnswer:
     return _parse(b"".join(chunks), time.monotonic() - started)
 
 
+def _skip_interim(data: bytes) -> bytes:
+    """Drop ``1xx`` interim answers (``100 Continue``) before the final one."""
+    while data.startswith(b"HTTP/1.1 1") and b"\r\n\r\n" in data:
+        data = data.partition(b"\r\n\r\n")[2]
+    return data
+
+
 def _complete(data: bytes) -> bool:
-    head, sep, body = data.partition(b"\r\n\r\n")
+    head, sep, body = _skip_interim(data).partition(b"\r\n\r\n")
     if not sep:
         return False
     for line in head.split(b"\r\n")[1:]:
@@ -284,6 +291,7 @@ def _complete(data: bytes) -> bool:
 
 
 def _parse(data: bytes, elapsed: float) -> RawAnswer:
+    data = _skip_interim(data)
     if not data:
         return RawAnswer(None, {}, b"", elapsed)
     head, _, body = data.partition(b"\r\n\r\n")

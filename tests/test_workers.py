@@ -1,0 +1,200 @@
+"""``server.workers: N``: N real gateway processes sharing one port under a supervisor.
+
+A worker killed with SIGKILL is restarted while the others keep answering;
+a revocation reaches every worker's cache; SIGHUP reaches every worker; the
+supervisor's admin port merges the workers' metrics; SIGTERM stops them all
+and the supervisor exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import bearer, new_account, new_key, service_for, upstream_url
+
+from gateway.config import parse_config
+from gateway.keys.service import CLI
+from gateway.workers import merge_metrics
+
+pytestmark = pytest.mark.integration
+
+
+async def admin(http: aiohttp.ClientSession, gw: Any, path: str) -> tuple[int, Any]:
+    async with http.get(gw.admin_url + path) as resp:
+        return resp.status, (await resp.json() if path != "/metrics" else await resp.text())
+
+
+async def all_ready(http: aiohttp.ClientSession, gw: Any, count: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = await admin(http, gw, "/readyz")
+        if status == 200 and sum(w["ready"] for w in body["workers"]) == count:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"workers not ready: {body}")
+        await asyncio.sleep(0.1)
+
+
+def served_by_worker(metrics_text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for match in re.finditer(
+        r'^gateway_requests_total\{[^}]*worker="(\d+)"[^}]*\} (\S+)$', metrics_text, re.M
+    ):
+        out[match.group(1)] = out.get(match.group(1), 0.0) + float(match.group(2))
+    return out
+
+
+async def fresh_get(url: str, secret: str) -> tuple[int, dict]:
+    """One request on a new connection: the kernel picks the worker per connection."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+        session.get(url, headers=bearer(secret), timeout=aiohttp.ClientTimeout(total=10)) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+async def batch(gw: Any, url: str, secret: str, n: int = 30) -> set[Any]:
+    """The statuses (or errors) of ``n`` concurrent requests, each on a new connection."""
+    results = await asyncio.gather(
+        *(fresh_get(url, secret) for _ in range(n)), return_exceptions=True
+    )
+    outcomes = {r if isinstance(r, BaseException) else r[0] for r in results}
+    if outcomes != {200}:
+        print(gw.log()[-5000:])
+    return {type(o).__name__ if isinstance(o, BaseException) else o for o in outcomes}
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie: either way its sockets are closed."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.fixture
+async def workers_gateway(gateway_process, base_config, upstream, redis_client):
+    data = base_config(
+        server={"workers": 2},
+        keys={"cache_ttl": "5m"},  # only the invalidation channel refreshes the caches
+        routes=[{"name": "api", "match": "/api", "upstream": upstream_url(upstream)}],
+    )
+    gw = gateway_process(data)
+    await asyncio.to_thread(gw.start, wait=False)
+    await asyncio.to_thread(gw.wait_ready, 60)
+    service = service_for(redis_client, parse_config(data))
+    key_id, secret = await new_key(service, await new_account(service))
+    return gw, service, key_id, secret
+
+
+async def test_a_killed_worker_is_restarted_while_the_others_keep_answering(workers_gateway):
+    gw, _, _, secret = workers_gateway
+    url = gw.url + "/api/x"
+    async with aiohttp.ClientSession() as http:
+        await all_ready(http, gw, 2)
+        assert await batch(gw, url, secret) == {200}
+        assert set(served_by_worker((await admin(http, gw, "/metrics"))[1])) == {"0", "1"}
+
+        _, health = await admin(http, gw, "/healthz")
+        victim = health["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while not dead(victim):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        # The dead worker's socket left the port's group: every request still succeeds.
+        assert await batch(gw, url, secret) == {200}
+
+        deadline = time.monotonic() + 30
+        while True:
+            _, health = await admin(http, gw, "/healthz")
+            restarted = health["workers"][0]
+            if restarted["restarts"] == 1 and restarted["alive"] and restarted["pid"] != victim:
+                break
+            assert time.monotonic() < deadline, health
+            await asyncio.sleep(0.1)
+        await all_ready(http, gw, 2)
+        assert await batch(gw, url, secret) == {200}
+        metrics = (await admin(http, gw, "/metrics"))[1]
+        assert served_by_worker(metrics).get("0", 0) > 0  # the new worker 0 serves too
+        assert 'gateway_worker_restarts_total{worker="0"} 1.0' in metrics
+        assert "gateway_workers_up 2.0" in metrics
+    assert f"worker 0 (pid {victim}) exited" in gw.log()
+    assert gw.stop() == 0
+
+
+async def test_a_revocation_reaches_every_worker_and_sighup_reaches_every_worker(workers_gateway):
+    gw, service, key_id, secret = workers_gateway
+    url = gw.url + "/api/x"
+    async with aiohttp.ClientSession() as http:
+        await all_ready(http, gw, 2)
+        assert await batch(gw, url, secret) == {200}
+        # Both workers have the key cached (for 5 minutes).
+        assert set(served_by_worker((await admin(http, gw, "/metrics"))[1])) == {"0", "1"}
+
+        await service.revoke_key(CLI, key_id)
+        await asyncio.sleep(1.0)
+        results = await asyncio.gather(*(fresh_get(url, secret) for _ in range(30)))
+        assert {(s, b["error"]["code"]) for s, b in results} == {(401, "revoked_api_key")}
+
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = (await admin(http, gw, "/metrics"))[1]
+            reloaded = re.findall(
+                r'^gateway_config_reloads_total\{result="success",worker="(\d)"\} 1\.0$',
+                metrics,
+                re.M,
+            )
+            if sorted(reloaded) == ["0", "1"]:
+                break
+            assert time.monotonic() < deadline, metrics
+            await asyncio.sleep(0.1)
+
+        gw.signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        status, body = await admin(http, gw, "/readyz")
+        assert (status, body["status"]) == (503, "draining")
+    assert await asyncio.to_thread(gw.proc.wait, 30) == 0
+    assert gw.log().count("gateway stopped") == 2
+
+
+def test_merged_metrics_label_each_worker_and_keep_one_family_header():
+    text = (
+        "# HELP gateway_requests_total Requests\n# TYPE gateway_requests_total counter\n"
+        'gateway_requests_total{route="a"} 3.0\n'
+    )
+    merged = merge_metrics([("0", text), ("1", text.replace("3.0", "4.0"))]).decode()
+    assert merged.count("# TYPE gateway_requests_total counter") == 1
+    assert 'gateway_requests_total{route="a",worker="0"} 3.0' in merged
+    assert 'gateway_requests_total{route="a",worker="1"} 4.0' in merged
+
+
+def test_supervisor_refuses_a_port_it_cannot_share(base_config, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import write_config
+
+    with socket.socket() as taken:  # bound and listening without SO_REUSEPORT
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path / "gw.yaml", base_config(server={"port": port, "workers": 2}))
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "--config", str(path), "serve"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert "cannot listen" in done.stderr

@@ -296,3 +296,25 @@ class TestResponses:
         async with http.head(gw.url + "/api/x", headers=bearer(key[1])) as resp:
             assert resp.status == 200
             assert await resp.read() == b""
+
+
+class TestBehindATrustedProxy:
+    async def test_forwarded_host_and_proto_from_a_trusted_proxy_are_kept(
+        self, start_gateway, base_config, upstream
+    ):
+        gw = await start_gateway(
+            base_config(
+                server={"trusted_proxies": ["127.0.0.1"]},
+                routes=[{"name": "api", "match": "/api", "upstream": upstream_url(upstream)}],
+            )
+        )
+        account = await new_account(gw.service)
+        _, secret = await new_key(gw.service, account)
+        _, seen = await upstream_view(
+            gw, secret,
+            headers=[("X-Forwarded-Host", "api.example.com"), ("X-Forwarded-Proto", "https"),
+                     ("X-Forwarded-For", "203.0.113.5")],
+        )  # fmt: skip
+        assert seen["x-forwarded-host"] == ["api.example.com"]
+        assert seen["x-forwarded-proto"] == ["https"]
+        assert seen["x-forwarded-for"] == ["203.0.113.5, 127.0.0.1"]

@@ -13,8 +13,9 @@ mtime or size and of the target of any symlink on its path: a Kubernetes
 ConfigMap update swaps the ``..data`` symlink, which changes the resolved path.
 
 Some settings only take effect at start (listeners, workers, TLS, the admin
-port, the store connection, the key cache): a changed value is logged as
-ignored until restart and the running value is kept in the new snapshot.
+port, the store connection, the key cache, the rate limiter's fallback): a
+changed value is logged as ignored until restart and the running value is
+kept in the new snapshot.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "admin": ("host", "port", "enabled"),
     "redis": ("url", "data_dir", "key_prefix", "socket_timeout", "connect_timeout"),
     "keys": ("prefix", "cache_ttl", "negative_cache_ttl", "cache_max_size", "stale_if_error"),
+    "rate_limits": ("on_store_error",),
 }
 """Settings read once at start: a reload keeps their running values."""
 

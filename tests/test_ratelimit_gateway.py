@@ -160,11 +160,13 @@ async def test_refusals_before_the_limit_do_not_spend_it_and_open_routes_are_unl
 async def test_management_endpoints_count_too(gw, http):
     account = await new_account(gw.service)
     _, secret = await new_key(gw.service, account)
-    statuses = []
+    statuses, remaining = [], []
     for _ in range(6):
         async with http.get(gw.url + "/v1/auth/verify", headers=bearer(secret)) as resp:
             statuses.append(resp.status)
+            remaining.append(parsed(resp.headers)["r"])
     assert statuses == [200] * 5 + [429]
+    assert remaining == [4, 3, 2, 1, 0, 0]
 
 
 async def test_an_upstream_failure_still_carries_the_headers(start_gateway, base_config, http):

@@ -16,7 +16,7 @@ from .checks.ip import client_ip, in_networks, parse_ip
 from .denials import Denial, error_response
 from .pipeline import Attempt, Principal
 from .proxy.breaker import breaker_for, circuit_open
-from .proxy.forward import PayloadTooLarge, UpstreamFailure, forward
+from .proxy.forward import PayloadTooLarge, UpstreamBrokeOff, UpstreamFailure, forward
 from .proxy.headers import upstream_request_headers
 from .proxy.paths import PathError, normalise_path
 from .routing import Route
@@ -225,6 +225,16 @@ class PublicHandler:
             response = error_response(failure.denial, ctx.request_id)
             response.headers.update(extra or {})
             return response, route.name, key_id, failure.denial.code
+        except UpstreamBrokeOff as broken:
+            if breaker is not None:
+                breaker.failure()
+            rt.metrics.upstream_errors.labels(route.name, "broken").inc()
+            log.warning(
+                "upstream of route %s broke off the response to %s; client connection closed",
+                route.name,
+                rt.access_log.mask(ctx.request_id),
+            )  # the path is not logged: it may hold a key
+            return broken.response, route.name, key_id, "upstream_unavailable"
         if breaker is not None:
             breaker.success()
         return response, route.name, key_id, None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from conftest import bearer, new_account, new_key, service_for, upstream_url
 from http_raw import raw_request
 
@@ -142,6 +145,51 @@ class TestNoSecretInLogs:
         for secret in secrets:
             assert secret not in everything
             assert secret[8:40] not in everything  # not even the random part
+
+    async def test_no_secret_when_an_upstream_breaks_off_a_response(
+        self, start_gateway, base_config, http, capsys, caplog
+    ):
+        """A response cut by its upstream is logged as such, and a key in its path is not."""
+        caplog.set_level(logging.DEBUG)
+
+        async def broken(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Length": str(1024 * 1024)})
+            await response.prepare(request)
+            await response.write(b"x" * 100_000)
+            await asyncio.sleep(0.05)
+            request.transport.abort()
+            return response
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", broken)
+        upstream = TestServer(app, host="127.0.0.1")
+        await upstream.start_server()
+        try:
+            gw = await start_gateway(
+                base_config(
+                    routes=[{"name": "b", "match": "/b", "upstream": upstream_url(upstream)}]
+                )
+            )
+            account = await new_account(gw.service)
+            _, secret = await new_key(gw.service, account)
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with http.get(
+                    gw.url + f"/b/{secret}", headers={**bearer(secret), "X-Request-Id": "r-cut"}
+                ) as resp:
+                    assert resp.status == 200  # the headers had gone out
+                    await resp.read()
+            await asyncio.sleep(0.1)
+        finally:
+            await upstream.close()
+        lines = access_lines(gw, capsys)
+        [line] = [x for x in lines if x["request_id"] == "r-cut"]
+        assert (line["status"], line["code"]) == (200, "upstream_unavailable")
+        records = gateway_records(caplog)
+        assert "unexpected error" not in records
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], records
+        assert "broke off" in records
+        everything = "\n".join(json.dumps(x) for x in lines) + "\n" + records
+        assert secret not in everything and secret[8:40] not in everything
 
 
 class TestProcessLog:

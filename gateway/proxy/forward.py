@@ -59,6 +59,16 @@ class UpstreamFailure(Exception):
         self.kind = kind
 
 
+class UpstreamBrokeOff(Exception):
+    """The upstream broke off a response already being streamed; the client connection
+    has been closed, so a cut body is never presented as complete. ``response`` is what
+    the client had been sent."""
+
+    def __init__(self, response: web.StreamResponse):
+        super().__init__("upstream broke off the response")
+        self.response = response
+
+
 class _HeaderTimeout(Exception):
     """The route's timeout passed before the upstream's response headers."""
 
@@ -471,13 +481,10 @@ async def _respond(
     try:
         async for chunk in payload.iter_any():
             await response.write(chunk)
-    except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError):
-        log.warning(
-            "upstream broke off the response to %s; closing the client connection", request.path
-        )
+    except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
         if request.transport is not None:
             request.transport.abort()
-        raise
+        raise UpstreamBrokeOff(response) from exc
     exchange.reusable = payload.is_eof()
     await response.write_eof()
     return response

@@ -4,10 +4,11 @@
 #   chromium, chromium-driver  the dashboard's browser tests (driven headless by Playwright)
 #   nginx                      forward auth behind a real nginx auth_request (tests/test_forward_auth_nginx.py)
 #   iproute2                   the pod test's network namespace (ip netns, veth)
+#   redis-sentinel             the Sentinel set of tests/test_topologies.py (else redis-server --sentinel)
 # and checkov, the Kubernetes manifests' policy check, in a venv of its own
 # (.venv/tools/checkov): it pins packaging<24, which pytest cannot share.
 set -euo pipefail
-PACKAGES=(chromium chromium-driver nginx iproute2)
+PACKAGES=(chromium chromium-driver nginx iproute2 redis-sentinel)
 root="$(cd "$(dirname "$0")/.." && pwd)"
 checkov="$root/.venv/tools/checkov"
 if [ ! -x "$checkov/bin/checkov" ]; then

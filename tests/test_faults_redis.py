@@ -216,7 +216,7 @@ async def test_hung_store_fails_fast_and_no_request_hangs(outage_gateway, store,
         results = await asyncio.gather(*(call(http, api, unknown) for _ in range(20)))
         assert all(r[0] == 503 for r in results)
         assert max(r[3] for r in results) < 2.5
-        assert sorted(r[3] for r in results)[10] < 0.5
+        assert sorted(r[3] for r in results)[10] < 1.0
         status, _, _, took = await call(http, api, cached)
         assert status == 200 and took < 0.5
         started = time.monotonic()

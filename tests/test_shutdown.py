@@ -123,7 +123,7 @@ async def test_drain_timeout_cuts_what_is_still_running(draining_gateway):
         with pytest.raises(aiohttp.ClientPayloadError):
             await read_events(stream)  # cut, and seen to be cut (no final chunk)
         cut_after = time.monotonic() - signalled
-    assert 0.9 <= cut_after < 3.0
+    assert 0.9 <= cut_after < 4.0
     assert await asyncio.to_thread(gw.proc.wait, 10) == 0
     assert "drain ended with 1 connection(s) still busy" in gw.log()
 
@@ -136,7 +136,7 @@ async def test_idle_keepalive_connections_do_not_hold_the_drain(draining_gateway
         gw.signal(signal.SIGTERM)
         signalled = time.monotonic()
         assert await asyncio.to_thread(gw.proc.wait, 10) == 0
-        assert time.monotonic() - signalled < 3
+        assert time.monotonic() - signalled < 5
 
 
 async def test_a_second_signal_cuts_the_drain_short(draining_gateway):
@@ -149,5 +149,5 @@ async def test_a_second_signal_cuts_the_drain_short(draining_gateway):
         gw.signal(signal.SIGTERM)
         signalled = time.monotonic()
         assert await asyncio.to_thread(gw.proc.wait, 10) == 0
-        assert time.monotonic() - signalled < 3
+        assert time.monotonic() - signalled < 5
         stream.close()

@@ -28,7 +28,7 @@ from .proxy.forward import new_session
 from .ratelimit import RateLimiter, RedisLimitStore
 from .ratelimit.policy import plan_rate
 from .runtime import Runtime, Snapshot
-from .store.connection import StoreHandle, open_store, pubsub_client
+from .store.connection import StoreHandle, open_store
 from .usage import UsageRecorder
 
 log = logging.getLogger("gateway")
@@ -109,7 +109,7 @@ def create_app(
             prefix=config.keys.prefix, cache=runtime.cache, limiter=limiter, usage=usage
         )
         runtime.snapshot = Snapshot.build(config, local_routes_for(runtime))
-        pubsub = pubsub_client(handle.url, config.redis)
+        pubsub = handle.open_pubsub(config.redis)  # sentinel: the master; cluster: one node
         listener = InvalidationListener(pubsub, store.channel, runtime.cache)
         listener.start()
         runtime.extras["invalidation"] = listener

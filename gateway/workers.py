@@ -331,7 +331,7 @@ def supervise(config: Config, config_path: str, workers: int) -> int:
         print(f"gateway: cannot listen on {server.host}:{server.port}: {problem}", file=sys.stderr)
         return 1
     embedded = None
-    if not config.redis.url:
+    if config.redis.embedded:
         from .store.embedded import EmbeddedRedis
 
         embedded = EmbeddedRedis(config.redis.data_dir).start()  # shared by the workers

@@ -75,8 +75,63 @@ class AdminConfig(_Model):
     enabled: bool = True
 
 
+def parse_node(value: object) -> str:
+    """``host:port`` (``[::1]:port`` for IPv6), as Sentinel and Cluster node lists give them."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(f"{value!r} is not host:port")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    return f"{host}:{int(port)}"
+
+
+NodeSpec = Annotated[str, BeforeValidator(parse_node)]
+
+
+class RedisTLSConfig(_Model):
+    """TLS to Redis: with a ``rediss://`` URL, or every node of ``sentinel`` / ``cluster``."""
+
+    ca_file: Path | None = None  # else the system's CAs
+    cert_file: Path | None = None  # a client certificate, for servers that ask for one
+    key_file: Path | None = None
+    verify: bool = True  # check the server's certificate and host name
+
+    @model_validator(mode="after")
+    def _files(self) -> RedisTLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        return self
+
+
+class SentinelConfig(_Model):
+    """A master and its replicas, watched by Sentinel: the client follows the master."""
+
+    master_name: str = Field(min_length=1)
+    nodes: tuple[NodeSpec, ...] = Field(min_length=1)  # the sentinels
+    username: str | None = None  # for the master
+    password: str | None = None  # for the master
+    sentinel_password: str | None = None  # for the sentinels themselves
+    db: int = Field(0, ge=0)
+
+
+class ClusterConfig(_Model):
+    """Redis Cluster: any reachable nodes; the client discovers the rest."""
+
+    nodes: tuple[NodeSpec, ...] = Field(min_length=1)
+    username: str | None = None
+    password: str | None = None
+
+
 class RedisConfig(_Model):
     url: str | None = None
+    sentinel: SentinelConfig | None = None
+    cluster: ClusterConfig | None = None
+    tls: RedisTLSConfig | None = None
     data_dir: Path = Path(".gateway-data")
     key_prefix: str = "gw:"
     socket_timeout: Duration = 1.0
@@ -91,6 +146,23 @@ class RedisConfig(_Model):
         if scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(f"{value!r} is not a redis://, rediss:// or unix:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> RedisConfig:
+        named = [n for n in ("url", "sentinel", "cluster") if getattr(self, n) is not None]
+        if len(named) > 1:
+            raise ValueError("set one of url, sentinel or cluster, not " + " and ".join(named))
+        if self.tls is not None:
+            if not named:
+                raise ValueError("tls needs a rediss:// url, sentinel or cluster")
+            if self.url is not None and not self.url.lower().startswith("rediss://"):
+                raise ValueError("tls needs a rediss:// url (redis:// and unix:// are plain)")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no store is named: the gateway runs its own (see store/embedded.py)."""
+        return self.url is None and self.sentinel is None and self.cluster is None
 
 
 class KeysConfig(_Model):

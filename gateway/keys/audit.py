@@ -1,8 +1,11 @@
 """The audit trail: who created, changed, revoked or rotated which key, and when.
 
 Events go to a Redis stream (capped), one global and one per account, so an
-account's trail reads without scanning everyone's. Both get the event in one
-script, under the same stream id, so an event has one ``id`` in either view.
+account's trail reads without scanning everyone's. Both get the event under
+the same stream id, so an event has one ``id`` in either view: the global
+stream first, then the account's copy with the id the first got. (Two
+commands, not one script: on Redis Cluster the streams live in different
+slots, and one script may only touch keys of one slot.)
 """
 
 from __future__ import annotations
@@ -11,34 +14,18 @@ import json
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from ..store.connection import STORE_ERRORS, StoreUnavailable
 from .model import isoformat, utcnow
 
 MAX_EVENTS = 100_000
 
-# KEYS: the global stream, then the account's (optional). ARGV: the cap, then field, value...
-# The account's copy takes the global id; should that not be above the account stream's
-# last id (events written before both shared ids), it gets its own.
-RECORD_SCRIPT = """
-local fields = {}
-for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
-if KEYS[2] then
-  local copied = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(fields))
-  if type(copied) == 'table' and copied.err then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
-  end
-end
-return id
-"""
-
 
 class AuditLog:
     def __init__(self, client: aioredis.Redis, prefix: str):
         self.client = client
         self.prefix = prefix
-        self._record = client.register_script(RECORD_SCRIPT)
 
     def _stream(self, account_id: str | None) -> str:
         return f"{self.prefix}audit:{account_id}" if account_id else f"{self.prefix}audit"
@@ -54,14 +41,18 @@ class AuditLog:
             "key_id": key_id or "",
             "extra": json.dumps(extra, separators=(",", ":")),
         }
-        streams = [self._stream(None)]
-        if account_id:
-            streams.append(self._stream(account_id))
-        args: list[str | int] = [MAX_EVENTS]
-        for name, value in event.items():
-            args += [name, value or ""]
+        fields = {name: value or "" for name, value in event.items()}
+        cap = {"maxlen": MAX_EVENTS, "approximate": True}
         try:
-            await self._record(keys=streams, args=args)
+            event_id = await self.client.xadd(self._stream(None), fields, **cap)
+            if account_id:
+                stream = self._stream(account_id)
+                try:
+                    await self.client.xadd(stream, fields, id=event_id, **cap)
+                except ResponseError:
+                    # not above the stream's last id (events written before ids were
+                    # shared): the copy gets an id of its own
+                    await self.client.xadd(stream, fields, **cap)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 

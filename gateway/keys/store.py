@@ -9,6 +9,12 @@ Layout, under ``redis.key_prefix`` (``P``):
 - ``P acct_keys:{id}:{all|live|test}``  the account's key ids, scored by creation time
 - ``P last_used``           key id -> last use (ISO 8601), written in batches
 - ``P invalidate``          pub/sub channel: a key's hash whenever its record changes
+
+On Redis Cluster these keys live in different slots, so no write spans them in
+one transaction: a change writes the record first, then what points to it
+(lookup, indexes), then publishes the invalidation once the writes are
+acknowledged. A write cut short leaves at most a record nothing points to,
+never a lookup or an index entry without its record.
 """
 
 from __future__ import annotations
@@ -74,12 +80,19 @@ class KeyStore:
             raise StoreUnavailable(str(exc)) from exc
         return KeyRecord.from_json(raw) if raw else None
 
+    async def _mget(self, names: list[str]) -> list[str | None]:
+        """MGET; on a cluster, one MGET per slot (redis-py's ``mget_nonatomic``)."""
+        per_slot = getattr(self.client, "mget_nonatomic", None)
+        if per_slot is not None:
+            return await per_slot(names)
+        return await self.client.mget(names)
+
     async def get_keys(self, key_ids: Iterable[str]) -> list[KeyRecord]:
         ids = list(key_ids)
         if not ids:
             return []
         try:
-            raws = await self.client.mget([self._k("key", i) for i in ids])
+            raws = await self._mget([self._k("key", i) for i in ids])
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [KeyRecord.from_json(r) for r in raws if r]
@@ -99,23 +112,21 @@ class KeyStore:
         # seconds, and keys made within one second must still list newest first.
         score = max(_ms(record.created_at), int(time.time() * 1000))
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(self._k("key", record.id), record.to_json())
+            await self.client.set(self._k("key", record.id), record.to_json())
+            async with self.client.pipeline(transaction=False) as pipe:
                 pipe.set(self._k("keyhash", record.hash), f"{record.id} {record.account_id}")
                 pipe.zadd(self._k("acct_keys", record.account_id, "all"), {record.id: score})
                 pipe.zadd(self._k("acct_keys", record.account_id, record.mode), {record.id: score})
-                pipe.publish(self.channel, record.hash)
                 await pipe.execute()
+            await self.client.publish(self.channel, record.hash)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
     async def save_key(self, record: KeyRecord) -> None:
         """Replace an existing key's record and tell every replica to drop its copy."""
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(self._k("key", record.id), record.to_json())
-                pipe.publish(self.channel, record.hash)
-                await pipe.execute()
+            await self.client.set(self._k("key", record.id), record.to_json())
+            await self.client.publish(self.channel, record.hash)  # once the write is acknowledged
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
@@ -140,10 +151,8 @@ class KeyStore:
 
     async def add_account(self, account: Account) -> None:
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(self._k("acct", account.id), account.to_json())
-                pipe.zadd(self._k("accts"), {account.id: _ms(account.created_at)})
-                await pipe.execute()
+            await self.client.set(self._k("acct", account.id), account.to_json())
+            await self.client.zadd(self._k("accts"), {account.id: _ms(account.created_at)})
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
@@ -157,7 +166,7 @@ class KeyStore:
     async def list_accounts(self) -> list[Account]:
         try:
             ids = await self.client.zrange(self._k("accts"), 0, -1)
-            raws = await self.client.mget([self._k("acct", i) for i in ids]) if ids else []
+            raws = await self._mget([self._k("acct", i) for i in ids]) if ids else []
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [Account.from_json(r) for r in raws if r]

@@ -91,19 +91,67 @@ def make_app(upstream: str) -> web.Application:
     return app
 
 
+def make_gateway_forwarder_app(upstream: str) -> web.Application:
+    """The gateway's own forwarder (gateway/proxy/forward.py) with none of its checks.
+
+    No key, no access log, no metrics, no path normalisation: the request's
+    headers cleaned as the gateway cleans them, then ``forward``. Against the
+    gateway's rows this shows what its checks cost on top of its forwarding.
+    """
+    from gateway.proxy.forward import forward as gateway_forward
+    from gateway.proxy.forward import new_session
+    from gateway.proxy.headers import upstream_request_headers
+
+    base = upstream.rstrip("/")
+
+    async def session_ctx(app: web.Application):
+        app[SESSION] = new_session()
+        yield
+        await app[SESSION].close()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        headers = upstream_request_headers(
+            request.headers,
+            forward_authorization=True,
+            identity=(),
+            request_id="req_bench",
+            peer=request.remote,
+            proto="http",
+            host=request.headers.get("Host"),
+        )
+        return await gateway_forward(
+            request,
+            request.app[SESSION],
+            url=base + request.raw_path,
+            headers=headers,
+            timeout=30.0,
+            max_body=10 * 1024 * 1024,
+        )
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument(
+        "--forwarder",
+        choices=["aiohttp", "gateway"],
+        default="aiohttp",
+        help="aiohttp: ClientSession.request (the floor); gateway: the gateway's forward()",
+    )
     args = parser.parse_args()
+    make = make_app if args.forwarder == "aiohttp" else make_gateway_forwarder_app
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(
-        make_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None
-    )
+    web.run_app(make(args.upstream), host=args.host, port=args.port, access_log=None, print=None)
 
 
 if __name__ == "__main__":

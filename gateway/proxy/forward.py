@@ -115,14 +115,18 @@ class UpstreamPool:
             found = self._origins[origin] = _Origin(origin)
         return found
 
-    async def acquire(self, origin: _Origin, timeout: float) -> tuple[ResponseHandler, bool]:
-        """A connected protocol for ``origin`` and whether it was reused from the pool."""
+    def take(self, origin: _Origin) -> ResponseHandler | None:
+        """An idle connection to ``origin`` still open, if there is one."""
         idle = origin.idle
         while idle:
             protocol, _ = idle.pop()
             if protocol.is_connected() and not protocol.should_close:
-                return protocol, True
+                return protocol
             protocol.close()
+        return None
+
+    async def connect(self, origin: _Origin, timeout: float) -> ResponseHandler:
+        """A new connection to ``origin``."""
         loop = asyncio.get_running_loop()
         if origin.ssl and self._ssl is None:
             self._ssl = ssl.create_default_context()
@@ -137,7 +141,7 @@ class UpstreamPool:
                 )
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake
             raise _ConnectFailed(str(exc)) from exc
-        return protocol, False
+        return protocol
 
     def release(self, origin: _Origin, protocol: ResponseHandler) -> None:
         if self.closed or protocol.should_close or not protocol.is_connected():
@@ -411,7 +415,11 @@ async def forward(
         reused = False
         try:
             deadline = loop.time() + timeout
-            protocol, reused = await pool.acquire(origin, timeout)
+            protocol = pool.take(origin)
+            if protocol is not None:
+                reused = True
+            else:
+                protocol = await pool.connect(origin, timeout)
             exchange = _Exchange(pool, origin, protocol)
             message, payload = await exchange.send(method, head, body, chunked, deadline)
             break
@@ -459,7 +467,8 @@ async def _respond(
         and "Transfer-Encoding" not in upstream_headers
     ):
         try:
-            data = await payload.read()
+            # Usually the whole body came with the head: take it without waiting.
+            data = payload.read_nowait() if payload.is_eof() else await payload.read()
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailure(Denial("upstream_unavailable"), "reset") from exc
         exchange.reusable = payload.is_eof()

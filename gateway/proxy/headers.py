@@ -26,15 +26,35 @@ _REPLACED = frozenset(
 )
 
 
+# Request headers never passed on as the client sent them (the gateway sets _REPLACED itself).
+_DROP_REQUEST = HOP_BY_HOP | _REPLACED
+_DROP_REQUEST_AND_AUTHORIZATION = _DROP_REQUEST | {"authorization"}
+_DROP_RESPONSE_AND_LENGTH = HOP_BY_HOP | {"content-length"}
+_GATEWAY_PREFIXES = ("x-gateway-", "x_gateway_")
+_NONE: frozenset[str] = frozenset()
+
+
+_TOKENS: dict[str, frozenset[str]] = {}  # "keep-alive", "close", ...: parsed once
+
+
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     values = headers.getall("Connection", ())
     if not values:
-        return frozenset()
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+        return _NONE
+    if len(values) == 1:
+        found = _TOKENS.get(values[0])
+        if found is not None:
+            return found
+    tokens = frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+    if len(values) == 1:
+        if len(_TOKENS) >= 64:  # bounded: clients choose these values
+            _TOKENS.clear()
+        _TOKENS[values[0]] = tokens
+    return tokens
 
 
 def is_gateway_header(lower_name: str) -> bool:
-    return lower_name.startswith(("x-gateway-", "x_gateway_"))
+    return lower_name.startswith(_GATEWAY_PREFIXES)
 
 
 def upstream_request_headers(
@@ -49,19 +69,17 @@ def upstream_request_headers(
 ) -> CIMultiDict[str]:
     """The headers the upstream receives: the client's, cleaned, then the gateway's own."""
     dropped = connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
+    drop = _DROP_REQUEST if forward_authorization else _DROP_REQUEST_AND_AUTHORIZATION
+    kept: list[tuple[str, str]] = []
     forwarded_for: list[str] = []
     for name, value in incoming.items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in dropped or is_gateway_header(lower):
-            continue
-        if lower == "authorization" and not forward_authorization:
-            continue
-        if lower in _REPLACED:
-            if lower == "x-forwarded-for":
+        if lower in drop or lower.startswith(_GATEWAY_PREFIXES) or lower in dropped:
+            if lower == "x-forwarded-for" and lower not in dropped:
                 forwarded_for.append(value)
             continue
-        out.add(name, value)
+        kept.append((name, value))
+    out: CIMultiDict[str] = CIMultiDict(kept)
     # Added after the Connection header was applied: a client cannot make these go.
     for name, value in identity:
         out[name] = value
@@ -81,12 +99,11 @@ def downstream_response_headers(
 ) -> CIMultiDict[str]:
     """The upstream's response headers less hop-by-hop ones; every Set-Cookie line kept."""
     dropped = connection_tokens(upstream)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in dropped:
-            continue
-        if lower == "content-length" and not keep_length:
-            continue
-        out.add(name, value)
-    return out
+    drop = HOP_BY_HOP if keep_length else _DROP_RESPONSE_AND_LENGTH
+    return CIMultiDict(
+        [
+            (name, value)
+            for name, value in upstream.items()
+            if (lower := name.lower()) not in drop and lower not in dropped
+        ]
+    )

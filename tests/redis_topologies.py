@@ -308,7 +308,8 @@ class SentinelSet(_Topology):
         def healthy() -> bool:
             master = self.current_master()
             with master.client() as c:
-                if c.info("replication")["connected_slaves"] != 1:
+                replication = c.info("replication")
+                if replication.get("slave0", {}).get("state") != "online":
                     return False
             for s in self.sentinels:
                 with s.client() as c:
@@ -323,7 +324,13 @@ class SentinelSet(_Topology):
         wait_for(healthy, timeout, "the Sentinel set healthy")
 
     def restart(self, process: RedisProcess) -> None:
-        """Start a killed server again; the sentinels make it a replica of the new master."""
+        """Start a killed server again, as a replica of the current master."""
+        master = self.current_master()
+        args = process.args
+        if "--replicaof" in args:
+            at = args.index("--replicaof")
+            args = args[:at] + args[at + 3 :]
+        process.args = [*args, "--replicaof", "127.0.0.1", str(master.port)]
         process.start()
         self.wait_healthy()
 

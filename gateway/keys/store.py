@@ -15,6 +15,10 @@ one transaction: a change writes the record first, then what points to it
 (lookup, indexes), then publishes the invalidation once the writes are
 acknowledged. A write cut short leaves at most a record nothing points to,
 never a lookup or an index entry without its record.
+
+Behind Sentinel a key's change is acknowledged only once a replica holds it
+too (``WAIT 1``, up to half the socket timeout), so a failover right after a revocation does
+not bring the key back.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import json
 import time
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from ..store.connection import STORE_ERRORS, StoreUnavailable
 from .model import Account, KeyRecord
@@ -39,6 +45,11 @@ class KeyStore:
         self.client = client
         self.prefix = prefix
         self.channel = prefix + "invalidate"
+        pool = getattr(client, "connection_pool", None)
+        self._wait_ms = 0  # behind Sentinel: how long a write waits for a replica
+        if isinstance(pool, SentinelConnectionPool):
+            timeout = pool.connection_kwargs.get("socket_timeout") or 2.0
+            self._wait_ms = max(int(timeout * 500), 1)
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -117,6 +128,7 @@ class KeyStore:
                 pipe.set(self._k("keyhash", record.hash), f"{record.id} {record.account_id}")
                 pipe.zadd(self._k("acct_keys", record.account_id, "all"), {record.id: score})
                 pipe.zadd(self._k("acct_keys", record.account_id, record.mode), {record.id: score})
+                self._replicated(pipe)
                 await pipe.execute()
             await self.client.publish(self.channel, record.hash)
         except STORE_ERRORS as exc:
@@ -125,10 +137,18 @@ class KeyStore:
     async def save_key(self, record: KeyRecord) -> None:
         """Replace an existing key's record and tell every replica to drop its copy."""
         try:
-            await self.client.set(self._k("key", record.id), record.to_json())
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(self._k("key", record.id), record.to_json())
+                self._replicated(pipe)
+                await pipe.execute()
             await self.client.publish(self.channel, record.hash)  # once the write is acknowledged
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
+
+    def _replicated(self, pipe: Any) -> None:
+        """Behind Sentinel: wait (on the connection that wrote) until a replica has the writes."""
+        if self._wait_ms:
+            pipe.execute_command("WAIT", 1, self._wait_ms)
 
     async def list_key_ids(
         self, account_id: str, *, mode: str | None, limit: int, starting_after: str | None

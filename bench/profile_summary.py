@@ -59,12 +59,48 @@ def show(title: str, counter: Counter, total: int, top: int, other: tuple | None
         print(f"{line}  {name}")
 
 
+def matches(path: Path, names: list[str]) -> tuple[int, dict[str, int]]:
+    total = 0
+    found = dict.fromkeys(names, 0)
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        funcs = {func for func, _ in frames(stack)}
+        for name in names:
+            if name in funcs:
+                found[name] += int(count)
+    return total, found
+
+
+def print_matches(path: Path, names: list[str], compare: Path | None) -> None:
+    total, found = matches(path, names)
+    other = matches(compare, names) if compare else None
+    for name in names:
+        line = f"  {100 * found[name] / total:6.1f}%"
+        if other is not None:
+            line += f"  {100 * other[1][name] / other[0]:6.1f}%"
+        print(f"{line}  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("profile", type=Path)
     parser.add_argument("--compare", type=Path, help="a second profile, shown as a second column")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--match",
+        action="append",
+        default=[],
+        metavar="FUNCTION",
+        help="only print the share of samples whose stack holds FUNCTION "
+        "(e.g. Pipeline.authenticate); repeatable",
+    )
     args = parser.parse_args()
+    if args.match:
+        print_matches(args.profile, args.match, args.compare)
+        return
     total, inc, self_, f_inc, f_self = load(args.profile)
     other = load(args.compare) if args.compare else None
     print(f"{args.profile}: {total} samples" + (f"; second column {args.compare}" if other else ""))

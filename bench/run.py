@@ -639,9 +639,13 @@ def start_profiler(bench: Bench, service: Service, out: Path) -> subprocess.Pope
     fmt = bench.args.profile_format
     argv = [spy, "record", "--pid", str(service.proc.pid), "--duration",
             str(int(bench.args.duration)), "--rate", "200", "--format", fmt, "-o", str(out)]  # fmt: skip
+    # (py-spy pauses the process for each sample: --nonblocking is cheaper but its
+    # stacks are often torn, which makes inclusive shares meaningless)
     proc = bench.procs.start("py-spy", argv, bench.tmp / "py-spy.log")
     if bench.args.client_cpus:
         pin([proc.pid], bench.args.client_cpus)
+    if bench.args.nice:
+        renice([proc.pid], bench.args.nice)
     time.sleep(0.5)
     return proc
 
@@ -759,7 +763,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if (
             not sep
             or not re.fullmatch(r"[a-z][a-z0-9_]*", name)
-            or name in {"upstream", "passthrough", "gateway"}
+            or name in {"upstream", "passthrough", "forwarder", "gateway"}
         ):
             parser.error(f"--compare wants NAME=COMMAND with a new lower-case NAME, not {item!r}")
         args.compare_commands[name] = command

@@ -80,6 +80,71 @@ class _ConnectFailed(Exception):
 # -- the connection pool ---------------------------------------------------------
 
 
+class _UpstreamProtocol(ResponseHandler):
+    """aiohttp's client protocol, its response parser kept from one exchange to the next."""
+
+    head_only: bool | None = None  # what the parser was last set up for (None: not yet)
+
+    def expect_response(self, head_only: bool) -> None:
+        """Ready the parser for the answer to a request (``head_only``: to a HEAD)."""
+        if self.head_only is head_only and self._parser is not None:
+            return  # the parser of the last exchange, at the start of a message again
+        self.set_response_params(
+            skip_payload=head_only,
+            read_until_eof=True,
+            auto_decompress=False,
+            read_bufsize=READ_BUFSIZE,
+            max_line_size=MAX_LINE_SIZE,
+            max_field_size=MAX_FIELD_SIZE,
+        )
+        self.head_only = head_only
+
+
+class _Deadlines:
+    """Route timeouts of the exchanges in flight, with one timer for all of them.
+
+    A timer per request costs more than the request's own bookkeeping; here
+    the timer is moved only when a deadline earlier than every other arrives
+    (rare: a route's timeout is the same for each of its requests).
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[_UpstreamProtocol, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = float("inf")
+
+    def add(self, protocol: _UpstreamProtocol, deadline: float) -> None:
+        self._due[protocol] = deadline
+        if deadline < self._at:
+            self._arm(deadline)
+
+    def discard(self, protocol: _UpstreamProtocol) -> None:
+        self._due.pop(protocol, None)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = when
+        self._timer = asyncio.get_running_loop().call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._at = float("inf")
+        now = asyncio.get_running_loop().time() + 0.001  # timers may fire a hair early
+        expired = [protocol for protocol, deadline in self._due.items() if deadline <= now]
+        for protocol in expired:
+            del self._due[protocol]
+            protocol.set_exception(_HeaderTimeout())
+        if self._due:
+            self._arm(min(self._due.values()))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._due.clear()
+
+
 class _Origin:
     """One upstream ``scheme://host:port``: how to connect, its Host header, its idle connections."""
 
@@ -96,7 +161,7 @@ class _Origin:
         self.authorization = (
             aiohttp.BasicAuth(url.user or "", url.password or "").encode() if url.user else None
         )
-        self.idle: list[tuple[ResponseHandler, float]] = []
+        self.idle: list[tuple[_UpstreamProtocol, float]] = []
 
 
 class UpstreamPool:
@@ -107,6 +172,7 @@ class UpstreamPool:
         self._keepalive = keepalive_timeout
         self._ssl: ssl.SSLContext | None = None
         self._sweep: asyncio.TimerHandle | None = None
+        self.deadlines = _Deadlines()
         self.closed = False
 
     def origin(self, origin: str) -> _Origin:
@@ -115,7 +181,7 @@ class UpstreamPool:
             found = self._origins[origin] = _Origin(origin)
         return found
 
-    def take(self, origin: _Origin) -> ResponseHandler | None:
+    def take(self, origin: _Origin) -> _UpstreamProtocol | None:
         """An idle connection to ``origin`` still open, if there is one."""
         idle = origin.idle
         while idle:
@@ -125,7 +191,7 @@ class UpstreamPool:
             protocol.close()
         return None
 
-    async def connect(self, origin: _Origin, timeout: float) -> ResponseHandler:
+    async def connect(self, origin: _Origin, timeout: float) -> _UpstreamProtocol:
         """A new connection to ``origin``."""
         loop = asyncio.get_running_loop()
         if origin.ssl and self._ssl is None:
@@ -133,7 +199,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(min(timeout, CONNECT_TIMEOUT)):
                 _, protocol = await loop.create_connection(
-                    lambda: ResponseHandler(loop),
+                    lambda: _UpstreamProtocol(loop),
                     origin.host,
                     origin.port,
                     ssl=self._ssl if origin.ssl else None,
@@ -143,7 +209,7 @@ class UpstreamPool:
             raise _ConnectFailed(str(exc)) from exc
         return protocol
 
-    def release(self, origin: _Origin, protocol: ResponseHandler) -> None:
+    def release(self, origin: _Origin, protocol: _UpstreamProtocol) -> None:
         if self.closed or protocol.should_close or not protocol.is_connected():
             protocol.close()
             return
@@ -170,6 +236,7 @@ class UpstreamPool:
 
     def close(self) -> None:
         self.closed = True
+        self.deadlines.close()
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
@@ -302,16 +369,12 @@ def _body_failed(protocol: ResponseHandler, task: asyncio.Task[None]) -> None:
     protocol.set_exception(exc)
 
 
-def _on_header_timeout(protocol: ResponseHandler) -> None:
-    protocol.set_exception(_HeaderTimeout())
-
-
 class _Exchange:
     """One request on one upstream connection, until its response body is read."""
 
     __slots__ = ("pool", "origin", "protocol", "writer", "reusable")
 
-    def __init__(self, pool: UpstreamPool, origin: _Origin, protocol: ResponseHandler):
+    def __init__(self, pool: UpstreamPool, origin: _Origin, protocol: _UpstreamProtocol):
         self.pool = pool
         self.origin = origin
         self.protocol = protocol
@@ -328,23 +391,16 @@ class _Exchange:
     ) -> tuple[RawResponseMessage, aiohttp.StreamReader]:
         """Write the request (the body in the background); the response head and payload."""
         protocol = self.protocol
-        loop = asyncio.get_running_loop()
-        timer = None
+        deadlines = self.pool.deadlines
         try:
-            protocol.set_response_params(
-                skip_payload=method == "HEAD",
-                read_until_eof=True,
-                auto_decompress=False,
-                read_bufsize=READ_BUFSIZE,
-                max_line_size=MAX_LINE_SIZE,
-                max_field_size=MAX_FIELD_SIZE,
-            )
-            timer = loop.call_at(deadline, _on_header_timeout, protocol)
+            protocol.expect_response(method == "HEAD")
+            deadlines.add(protocol, deadline)
             transport = protocol.transport
             if transport is None:
                 raise aiohttp.ServerDisconnectedError()
             transport.write(head)
             if body is not None:
+                loop = asyncio.get_running_loop()
                 self.writer = loop.create_task(_send_body(protocol, body, chunked))
                 self.writer.add_done_callback(lambda task: _body_failed(protocol, task))
             while True:
@@ -352,11 +408,10 @@ class _Exchange:
                 code = message.code
                 if code < 100 or code > 199 or code == 101:
                     break  # 1xx interim answers are not passed on (as aiohttp's client does)
-            timer.cancel()
+            deadlines.discard(protocol)
             return message, payload
         except BaseException:
-            if timer is not None:
-                timer.cancel()
+            deadlines.discard(protocol)
             self.finish()  # never reused: reusable is still False
             raise
 

@@ -83,7 +83,10 @@ async def workers_gateway(gateway_process, base_config, upstream, redis_client):
     data = base_config(
         server={"workers": 2},
         keys={"cache_ttl": "5m"},  # only the invalidation channel refreshes the caches
-        routes=[{"name": "api", "match": "/api", "upstream": upstream_url(upstream)}],
+        routes=[
+            {"name": "api", "match": "/api", "upstream": upstream_url(upstream)},
+            {"name": "stream", "match": "/stream", "upstream": upstream_url(upstream)},
+        ],
     )
     gw = gateway_process(data)
     await asyncio.to_thread(gw.start, wait=False)
@@ -157,10 +160,15 @@ async def test_a_revocation_reaches_every_worker_and_sighup_reaches_every_worker
             assert time.monotonic() < deadline, metrics
             await asyncio.sleep(0.1)
 
+        # A stream in flight keeps its worker draining while the supervisor says so.
+        _, other = await new_key(service, await new_account(service))
+        stream = await http.get(gw.url + "/stream?count=15&interval=0.1", headers=bearer(other))
+        assert stream.status == 200
         gw.signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
         status, body = await admin(http, gw, "/readyz")
         assert (status, body["status"]) == (503, "draining")
+        assert (await stream.read()).count(b"data:") == 15  # finished, not cut
     assert await asyncio.to_thread(gw.proc.wait, 30) == 0
     assert gw.log().count("gateway stopped") == 2
 

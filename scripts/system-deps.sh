@@ -12,6 +12,7 @@ PACKAGES=(chromium chromium-driver nginx iproute2 redis-sentinel)
 root="$(cd "$(dirname "$0")/.." && pwd)"
 checkov="$root/.venv/tools/checkov"
 if [ ! -x "$checkov/bin/checkov" ]; then
+  mkdir -p "$(dirname "$checkov")"
   echo "system-deps: installing checkov into $checkov" >&2
   if ! { "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv "$checkov" &&
     "$checkov/bin/python" -m pip install --quiet --disable-pip-version-check 'checkov==3.3.30'; } \

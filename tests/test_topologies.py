@@ -13,6 +13,7 @@ runs. Each gateway here is the real application opening its store from the
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,11 +22,21 @@ from typing import Any
 import pytest
 import redis_topologies
 from aiohttp.test_utils import TestServer
-from conftest import Gateway, bearer, new_account, new_key, service_for, upstream_url
+from conftest import (
+    Gateway,
+    bearer,
+    new_account,
+    new_key,
+    run_cli,
+    service_for,
+    upstream_url,
+    write_config,
+)
 from redis_topologies import Cluster, SentinelSet, redis_section
 
 from gateway.app import RUNTIME, create_app
 from gateway.config import parse_config
+from gateway.config.loader import ConfigError
 from gateway.keys.audit import AuditLog
 from gateway.keys.format import generate_secret
 from gateway.keys.model import isoformat, utcnow
@@ -248,7 +259,7 @@ async def test_the_audit_trail_has_one_id_per_event_in_both_views(topology, pref
 
 
 async def test_keys_page_through_the_account_index(
-    topology, prefix, on_store, start, upstream, http
+    topology, prefix, on_store, start, upstream, http, tmp_path
 ):
     section = redis_section(topology)
     _, service = await on_store(section)
@@ -268,6 +279,11 @@ async def test_keys_page_through_the_account_index(
         after = page["data"][-1]["id"]
     assert seen[:5] == made[::-1]  # newest first, then the admin key
     assert len(seen) == 6
+    # the CLI opens the same topology from the same config section
+    path = write_config(tmp_path / "gateway.yaml", gateway_config(section, prefix, upstream))
+    result = await asyncio.to_thread(run_cli, path, "keys", "list", "--account", account, "--json")
+    assert result.returncode == 0, result.stderr
+    assert [k["id"] for k in json.loads(result.stdout)["data"]] == seen
 
 
 async def test_on_a_cluster_an_invalidation_published_on_any_node_is_heard(
@@ -288,6 +304,27 @@ async def test_on_a_cluster_an_invalidation_published_on_any_node_is_heard(
         with node.client() as plain:
             plain.publish(f"{prefix}invalidate", revoked.hash)
         assert await refused_within(http, gw, secret, 1.0) < 1.0
+
+
+def test_the_config_names_one_topology() -> None:
+    sentinel = {"master_name": "m", "nodes": ["127.0.0.1:26379"]}
+    cluster = {"nodes": ["127.0.0.1:7000", "[::1]:7001"]}
+    assert parse_config({"redis": {"cluster": cluster}}).redis.cluster.nodes[1] == "::1:7001"
+    assert parse_config({"redis": {"sentinel": sentinel}}).redis.embedded is False
+    assert parse_config({}).redis.embedded is True
+    for redis_section_, error in (
+        ({"url": "redis://127.0.0.1/0", "cluster": cluster},
+         "redis: set one of url, sentinel or cluster, not url and cluster"),
+        ({"sentinel": sentinel, "cluster": cluster},
+         "redis: set one of url, sentinel or cluster, not sentinel and cluster"),
+        ({"url": "redis://127.0.0.1/0", "tls": {}},
+         "redis: tls needs a rediss:// url (redis:// and unix:// are plain)"),
+        ({"cluster": {"nodes": ["localhost"]}}, "redis.cluster.nodes[0]: 'localhost' is not host:port"),
+        ({"sentinel": {"nodes": ["h:1"]}}, "redis.sentinel.master_name: required field is missing"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"redis": redis_section_})
+        assert error in caught.value.errors, caught.value.errors
 
 
 # -- TLS and unix sockets (one server) ------------------------------------------------

@@ -32,6 +32,7 @@ import contextlib
 import datetime as dt
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -287,6 +288,9 @@ class Bench:
 
     def service(self, name: str) -> Service:
         if name not in self.services:
+            if name in self.args.variants:
+                self.services[name] = self._start_variant(name, self.args.variants[name])
+                return self.services[name]
             if name in self.args.compare_commands:
                 self.services[name] = self._start_command(name, self.args.compare_commands[name])
                 return self.services[name]
@@ -298,6 +302,22 @@ class Bench:
             }[name]
             self.services[name] = starter()
         return self.services[name]
+
+    def _start_variant(self, name: str, source: str) -> Service:
+        """The gateway of another source tree (``--variant``): same config, store and keys."""
+        self.service("gateway")
+        assert self.config_path is not None
+        config = json.loads(self.config_path.read_text())
+        port, admin = free_port(), free_port()
+        config["server"]["port"], config["admin"]["port"] = port, admin
+        path = self.tmp / f"{name}.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+        argv = [PYTHON, "-m", "gateway", "--config", str(path), "serve"]
+        proc = self.procs.start(name, argv, self.tmp / f"{name}.log", cwd=source, env=env)
+        wait_until(lambda: http_get(admin, "/readyz")[0] == 200, name, proc, 30)
+        return Service(name, port, proc)
 
     def _start_command(self, name: str, command: str) -> Service:
         """A proxy of your own (``--compare``), run in front of the same upstream."""
@@ -502,7 +522,7 @@ def parse_wrk(output: str) -> dict:
 
 def run_wrk(bench: Bench, scenario: Scenario, seconds: float, port: int) -> dict:
     args = bench.args
-    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s",
+    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, math.ceil(seconds))}s",
             "--latency", "--timeout", "5s"]  # fmt: skip
     for name, value in scenario.headers(bench).items():
         argv += ["-H", f"{name}: {value}"]
@@ -527,7 +547,9 @@ def run_wrk(bench: Bench, scenario: Scenario, seconds: float, port: int) -> dict
         argv, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=preexec
     )
     if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+        raise RuntimeError(
+            f"wrk failed ({done.returncode}): {(done.stderr or done.stdout).strip()[:500]}"
+        )
     return parse_wrk(done.stdout)
 
 
@@ -729,6 +751,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--upstream", choices=["auto", "nginx", "stub"], default="auto")
     parser.add_argument("--redis-url", help=f"default: $REDIS_URL, else {DEFAULT_REDIS} "
                         "when it answers, else the embedded store")  # fmt: skip
+    parser.add_argument("--embedded", action="store_true",
+                        help="use the embedded store even when a Redis answers")  # fmt: skip
     parser.add_argument("--server-cpu", default=None,
                         help="core(s) for the measured process (default: the last core)")  # fmt: skip
     parser.add_argument("--client-cpu", default=None,
@@ -748,6 +772,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=DIRECTORY",
+        help="also measure the gateway of another source tree (a copy with a change, "
+        "say) with the same config, store and key, next to the gateway's own row",
+    )
+    parser.add_argument(
+        "--pick",
+        choices=["median", "best"],
+        default="median",
+        help="with --rounds: report each row's median run, or its fastest "
+        "(best-of-N is the steadier figure on a machine busy with other work)",
+    )
+    parser.add_argument(
         "--compare",
         action="append",
         default=[],
@@ -757,13 +796,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "({upstream_port} and {python} are filled in too)",
     )
     args = parser.parse_args(argv)
+    args.variants = {}
+    for item in args.variant:
+        name, sep, source = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not Path(source).is_dir():
+            parser.error(f"--variant wants NAME=DIRECTORY (a tree holding gateway/), not {item!r}")
+        args.variants[name] = str(Path(source).resolve())
     args.compare_commands = {}
     for item in args.compare:
         name, sep, command = item.partition("=")
         if (
             not sep
             or not re.fullmatch(r"[a-z][a-z0-9_]*", name)
-            or name in {"upstream", "passthrough", "forwarder", "gateway"}
+            or name in {"upstream", "passthrough", "forwarder", "gateway", *args.variants}
         ):
             parser.error(f"--compare wants NAME=COMMAND with a new lower-case NAME, not {item!r}")
         args.compare_commands[name] = command
@@ -786,6 +831,10 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = SCENARIOS + [
         Scenario(name, f"{name} (--compare)", name) for name in args.compare_commands
     ]
+    for name in args.variants:  # after the gateway's own cached-key row, measured like it
+        mine = Scenario(name, f"{name} (--variant)", name, headers=bearer("reader"))
+        at = next((i + 1 for i, s in enumerate(scenarios) if s.name == "gateway_cached_key"), None)
+        scenarios.insert(at if at is not None else len(scenarios), mine)
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = set(wanted) - {s.name for s in scenarios}
@@ -807,7 +856,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gwb-", dir="/tmp"))  # short: unix socket paths
     bench = Bench(args, tmp)
     wanted_redis = args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS
-    if redis_answers(wanted_redis):
+    if args.embedded:
+        pass  # the embedded store in the temp dir
+    elif redis_answers(wanted_redis):
         bench.redis_url = wanted_redis
     elif args.redis_url or os.environ.get("REDIS_URL"):
         print(f"bench: no Redis answers at {wanted_redis}", file=sys.stderr)
@@ -857,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    rows = {name: summarise(runs) for name, runs in samples.items() if runs}
+    rows = {name: summarise(runs, args.pick) for name, runs in samples.items() if runs}
     if not rows:
         return status or 1
     print()
@@ -898,10 +949,10 @@ def count_lines(path: Path) -> int:
         return 0
 
 
-def summarise(runs: list[dict]) -> dict:
-    """The median run by requests/s (whole run kept, so p50/p99 belong together)."""
+def summarise(runs: list[dict], pick: str = "median") -> dict:
+    """The median (or fastest) run by requests/s, whole, so p50/p99 belong together."""
     ordered = sorted(runs, key=lambda r: r["rps"])
-    row = dict(ordered[(len(ordered) - 1) // 2])
+    row = dict(ordered[-1] if pick == "best" else ordered[(len(ordered) - 1) // 2])
     if len(runs) > 1:
         row["rps_all"] = [r["rps"] for r in runs]
         row["rps_median"] = statistics.median(row["rps_all"])
@@ -936,6 +987,7 @@ def report(bench: Bench, rows, samples, goals, scenarios) -> dict:
             "connections": args.connections,
             "threads": args.threads,
             "rounds": args.rounds,
+            "pick": args.pick,
             "upstream": bench.upstream_kind,
             "store": "redis" if bench.redis_url else "embedded",
             "server_cpus": sorted(args.server_cpus) if args.server_cpus else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import time
@@ -35,11 +36,30 @@ HEADERS_TOO_LARGE = Denial("request_header_fields_too_large")
 LocalHandler = Callable[[web.BaseRequest, "RequestContext"], Awaitable[web.StreamResponse]]
 
 
+class _RequestIds:
+    """Generated request ids: a random per-process prefix and a counter (unique, cheap)."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._prefix = ""
+        self._seq = 0
+
+    def next(self) -> str:
+        pid = os.getpid()
+        if pid != self._pid:  # a new process (fork): a new prefix
+            self._pid, self._prefix, self._seq = pid, secrets.token_hex(6), 0
+        self._seq += 1
+        return f"req_{self._prefix}{self._seq:012x}"
+
+
+_ids = _RequestIds()
+
+
 def request_id_of(request: web.BaseRequest) -> str:
     given = request.headers.get("X-Request-Id")
     if given and _REQUEST_ID.match(given):
         return given
-    return "req_" + secrets.token_hex(12)
+    return _ids.next()
 
 
 class RequestContext:
@@ -141,7 +161,7 @@ class PublicHandler:
             request.transport is not None
             and request.transport.get_extra_info("sslcontext") is not None,
             peer_trusted,
-            request.headers.getall("X-Forwarded-Proto", []),
+            request.headers.getall("X-Forwarded-Proto", []) if peer_trusted else [],
         )
         if server.require_https and not https:
             return HTTPS_REQUIRED, None

@@ -70,10 +70,16 @@ class Pipeline:
         token = bearer_token(authorization)
         if isinstance(token, Denial):
             return token
+        if not token.isascii():
+            return INVALID_KEY
+        key_hash = hash_secret(token)
+        known = self.cache.fresh(key_hash)
+        if known is not None:
+            return known  # a cached key: no format check, no store, no await
         if parse_mode(token, self.prefix) is None:
             return INVALID_KEY  # never reaches the store
         try:
-            key = await self.cache.get(hash_secret(token))
+            key = await self.cache.get(key_hash)
         except StoreUnavailable:
             return BACKEND_DOWN
         return key if key is not None else INVALID_KEY

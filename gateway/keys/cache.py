@@ -57,6 +57,15 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def fresh(self, key_hash: str) -> CompiledKey | None:
+        """A known key within its TTL, without awaiting; None means: ask :meth:`get`."""
+        entry = self._entries.get(key_hash)
+        if entry is not None and entry.value is not None and entry.fresh_until > self._clock():
+            self._entries.move_to_end(key_hash)
+            self.hits += 1
+            return entry.value
+        return None
+
     def peek(self, key_hash: str) -> CompiledKey | None:
         entry = self._entries.get(key_hash)
         return entry.value if entry is not None else None

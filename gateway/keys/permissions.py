@@ -36,5 +36,6 @@ def satisfies(held: str, required: str) -> bool:
     return held_action == "*" or (held_action == "write" and action == "read")
 
 
+@lru_cache(maxsize=4096)
 def any_satisfies(held: tuple[str, ...], required: str) -> bool:
     return any(satisfies(p, required) for p in held)

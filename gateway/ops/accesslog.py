@@ -14,6 +14,15 @@ import sys
 import time
 from typing import IO
 
+_PLAIN = re.compile(r"^[A-Za-z0-9 ._:/@%+=~,;!$&*()\-]*$")
+
+
+def _json(value: str | None) -> str:
+    """``value`` as a JSON string (or null); json.dumps only when escaping may be needed."""
+    if value is None:
+        return "null"
+    return f'"{value}"' if _PLAIN.match(value) else json.dumps(value)
+
 
 class AccessLog:
     def __init__(self, key_prefix: str, stream: IO[str] | None = None, interval: float = 0.25):
@@ -43,22 +52,11 @@ class AccessLog:
         code: str | None,
     ) -> None:
         self._lines.append(
-            json.dumps(
-                {
-                    "ts": round(time.time(), 3),
-                    "msg": "request",
-                    "method": method,
-                    "path": self.mask(path),
-                    "status": status,
-                    "duration_ms": round(duration * 1000, 2),
-                    "request_id": request_id,
-                    "client_ip": client_ip,
-                    "key_id": key_id,
-                    "route": route,
-                    "code": code,
-                },
-                separators=(",", ":"),
-            )
+            f'{{"ts":{time.time():.3f},"msg":"request","method":{_json(method)},'
+            f'"path":{_json(self.mask(path))},"status":{status},'
+            f'"duration_ms":{duration * 1000:.2f},"request_id":{_json(request_id)},'
+            f'"client_ip":{_json(client_ip)},"key_id":{_json(key_id)},"route":{_json(route)},'
+            f'"code":{_json(code)}}}'
         )
         if len(self._lines) >= 4096:
             self.flush()

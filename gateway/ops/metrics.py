@@ -1,11 +1,22 @@
-"""Prometheus metrics. Hot-path counters are pre-bound children; cache counts are read at scrape time."""
+"""Prometheus metrics.
+
+The request path only bumps plain integers (a dict lookup and an add, no
+lock); a collector turns them into Prometheus families when ``/metrics`` is
+scraped. Cache counts are likewise read at scrape time.
+"""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 disable_created_metrics()
@@ -50,21 +61,52 @@ class _CacheCollector(Collector):
         )
 
 
+class _RequestCollector(Collector):
+    """Folds the request path's plain counters into Prometheus families at scrape time."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._metrics
+        requests = CounterMetricFamily(
+            "gateway_requests",
+            "Requests on the public port by route and outcome",
+            labels=["route", "outcome"],
+        )
+        for (route, outcome), value in list(m.request_counts.items()):
+            requests.add_metric([route, outcome], value)
+        yield requests
+        denials = CounterMetricFamily(
+            "gateway_auth_denials",
+            "Requests refused by the gateway, by error code",
+            labels=["code"],
+        )
+        for code, value in list(m.denial_counts.items()):
+            denials.add_metric([code], value)
+        yield denials
+        latency = HistogramMetricFamily(
+            "gateway_request_duration_seconds",
+            "Time from request to response headers, by route",
+            labels=["route"],
+        )
+        for route, (counts, total) in list(m.latency.items()):
+            buckets, running = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                running += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            latency.add_metric([route], buckets, total)
+        yield latency
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "gateway_requests", "Requests on the public port by route and outcome",
-            ["route", "outcome"], registry=self.registry,
-        )  # fmt: skip
-        self.denials = Counter(
-            "gateway_auth_denials", "Requests refused by the gateway, by error code",
-            ["code"], registry=self.registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "gateway_request_duration_seconds", "Time from request to response headers, by route",
-            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+        self.request_counts: dict[tuple[str, str], int] = {}
+        self.denial_counts: dict[str, int] = {}
+        # route -> (per-bucket counts, the last one for +Inf; sum of seconds)
+        self.latency: dict[str, tuple[list[int], float]] = {}
+        self.registry.register(_RequestCollector(self))
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Upstream failures by route and kind",
             ["route", "kind"], registry=self.registry,
@@ -76,24 +118,18 @@ class Metrics:
         self.store_up = Gauge(
             "gateway_store_up", "1 when the key store answers", registry=self.registry
         )
-        self._request_children: dict[tuple[str, str], Counter] = {}
-        self._denial_children: dict[str, Counter] = {}
-        self._latency_children: dict[str, Histogram] = {}
 
     def watch_cache(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
         self.registry.register(_CacheCollector(read))
 
     def observe(self, route: str, outcome: str, seconds: float, denial: str | None) -> None:
-        child = self._request_children.get((route, outcome))
-        if child is None:
-            child = self._request_children[(route, outcome)] = self.requests.labels(route, outcome)
-        child.inc()
-        timer = self._latency_children.get(route)
-        if timer is None:
-            timer = self._latency_children[route] = self.latency.labels(route)
-        timer.observe(seconds)
+        key = (route, outcome)
+        counts = self.request_counts
+        counts[key] = counts.get(key, 0) + 1
+        row = self.latency.get(route)
+        if row is None:
+            row = self.latency[route] = ([0] * (len(LATENCY_BUCKETS) + 1), 0.0)
+        row[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency[route] = (row[0], row[1] + seconds)
         if denial is not None:
-            counter = self._denial_children.get(denial)
-            if counter is None:
-                counter = self._denial_children[denial] = self.denials.labels(denial)
-            counter.inc()
+            self.denial_counts[denial] = self.denial_counts.get(denial, 0) + 1

@@ -67,6 +67,7 @@ class InvalidationListener:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                await self._confirmed(pubsub)
                 if self.subscriptions:
                     log.info("invalidation channel subscribed again")
                 self.subscriptions += 1
@@ -85,6 +86,17 @@ class InvalidationListener:
                     await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _confirmed(self, pubsub: aioredis.client.PubSub) -> None:
+        """Wait until Redis has the subscription: only then may the cache be marked stale,
+        or a change published in between would be missed until the cache TTL."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            response = await pubsub.parse_response(block=False, timeout=1.0)
+            if isinstance(response, list) and response and response[0] == "subscribe":
+                return
+            if time.monotonic() > deadline:
+                raise SubscriptionLost("Redis did not confirm the subscription")
 
     async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
         last_heard = last_ping = time.monotonic()

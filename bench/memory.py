@@ -217,8 +217,8 @@ async def redis_costs(args: argparse.Namespace, redis_url: str) -> None:
         for start in range(0, len(ids), 2000):
             async with client.pipeline(transaction=False) as pipe:
                 for key_id in ids[start : start + 2000]:
-                    name = f"{prefix}rl:{{{key_id}}}:key:1000/60"
-                    await script(keys=[name, name + ":n"], args=["", 1000, 60000, 1, 0, "", 0],
+                    name = f"{prefix}rl:{{{key_id}}}:key:1000/3600"
+                    await script(keys=[name, name + ":n"], args=["", 1000, 3600000, 1, 0, "", 0],
                                  client=pipe)  # fmt: skip
                 await pipe.execute()
         per_counter = (await used() - before) / len(ids)
@@ -233,7 +233,7 @@ async def redis_costs(args: argparse.Namespace, redis_url: str) -> None:
             usage.record(_Key(key_id), "api", None)
         await usage.flush()
         per_usage = (await used() - before) / len(ids)
-        sample_rl = f"{prefix}rl:{{{ids[0]}}}:key:1000/60"
+        sample_rl = f"{prefix}rl:{{{ids[0]}}}:key:1000/3600"
         print(f"\nRedis, one active counter per key ({len(ids):,} keys):")
         print(f"  rate limit (one grant logged): {per_counter:.0f} bytes per counter "
               f"(MEMORY USAGE log {await client.memory_usage(sample_rl)} + "
@@ -241,11 +241,12 @@ async def redis_costs(args: argparse.Namespace, redis_url: str) -> None:
               f"TTL {await client.pttl(sample_rl) / 1000:.0f}s")  # fmt: skip
         print(f"  daily usage (one outcome):     {per_usage:.0f} bytes per key and day "
               f"(plus a last-used field per key)")  # fmt: skip
-        missing = 0
+        counted = missing = 0
         async for name in client.scan_iter(match=prefix + "*", count=10000):
-            if (":rl:" in name or ":usage:" in name) and await client.ttl(name) <= 0:
-                missing += 1
-        print(f"  rate-limit and usage keys without a TTL: {missing}")
+            if ":rl:" in name or ":usage:" in name:
+                counted += 1
+                missing += await client.ttl(name) == -1  # -1: no expiry (-2: gone already)
+        print(f"  rate-limit and usage keys without a TTL: {missing} of {counted}")
     finally:
         await client.aclose()
         await delete_prefix(redis_url, prefix)

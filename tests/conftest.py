@@ -208,7 +208,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None) -> GatewayProcess:
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - held open for the process's life, closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--config", str(self.config_path), "serve", *extra],
             stdout=self._log,
@@ -228,10 +228,12 @@ class GatewayProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as r,
+            ):
+                if r.status == 200:
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.log()}")
 

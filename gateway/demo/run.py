@@ -93,6 +93,8 @@ These keys are shown once. Try:
   curl -i {base}/v1/api-keys -H "Authorization: Bearer {admin}"
   curl -s http://127.0.0.1:{args.admin_port}/metrics | grep gateway_requests
 
+Dashboard: {base}/dashboard (sign in by pasting the admin key above)
+
 Press Ctrl-C to stop.
 """,
         flush=True,

@@ -24,7 +24,8 @@ fresh key may spend its whole limit at once.
   and admitted must reach at least 95% of it. When the clients cannot offer
   that many requests within ``--max-seconds`` the row says so. These rows
   use ``wrk`` when it is installed (the Python clients offer fewer requests
-  than the gateways can answer), in runs of 3 s until the limit is spent.
+  than the gateways can answer), in runs of 3 s until the limit is spent;
+  the admissions are then the key's usage as the gateways counted it.
 
     .venv/bin/python bench/ratelimit_accuracy.py
     .venv/bin/python bench/ratelimit_accuracy.py --replicas 1 2 --clients 32
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import os
 import re
@@ -48,6 +50,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,7 @@ from gateway.keys.audit import AuditLog  # noqa: E402
 from gateway.keys.service import CLI, KeyService  # noqa: E402
 from gateway.keys.store import KeyStore  # noqa: E402
 from gateway.store.embedded import redis_server_binary  # noqa: E402
+from gateway.usage.reader import day_of, usage_key  # noqa: E402
 
 LIMITS = (("10/second", 10, 1.0), ("1000/minute", 1000, 60.0), ("100000/hour", 100000, 3600.0))
 MARGIN = 0.1  # seconds: requests sent this close to a window's end are not counted
@@ -186,18 +190,21 @@ def start_gateways(
     return started
 
 
-async def make_keys(redis_url: str, config: dict[str, Any], rates: list[str]) -> list[str]:
-    """One account, one key per rate (the key's own limit); their secrets."""
+async def make_keys(
+    redis_url: str, config: dict[str, Any], rates: list[str]
+) -> list[tuple[str, str]]:
+    """One account, one key per rate (the key's own limit); their ids and secrets."""
     parsed = parse_config(config)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         prefix = parsed.redis.key_prefix
         service = KeyService(KeyStore(client, prefix), parsed, audit=AuditLog(client, prefix))
         account = (await service.create_account(name="Bench", plan="default")).id
-        return [
-            (await service.create_key(CLI, account, {"name": rate, "rate_limit": rate}))[1]
+        made = [
+            await service.create_key(CLI, account, {"name": rate, "rate_limit": rate})
             for rate in rates
         ]
+        return [(record.id, secret) for record, secret in made]
     finally:
         await client.aclose()
 
@@ -283,6 +290,7 @@ def surely_within(admitted: list[Answer], window: float) -> int:
 
 async def measure(
     urls: list[str],
+    admitted_now: Callable[[], int],
     secret: str,
     limit: int,
     window: float,
@@ -303,7 +311,14 @@ async def measure(
         note = f"{windows} x {window:g}s"
     elif shutil.which("wrk"):  # less than one window, so at most `limit` in all
         return await asyncio.to_thread(
-            wrk_until_spent, urls, secret, clients, limit, tail, min(max_seconds, window / 2)
+            wrk_until_spent,
+            urls,
+            admitted_now,
+            secret,
+            clients,
+            limit,
+            tail,
+            min(max_seconds, window / 2),
         )
     else:
         until = start + min(max_seconds, window / 2)
@@ -366,14 +381,33 @@ def wrk(urls: list[str], secret: str, connections: int, seconds: int) -> tuple[i
     return requests, non_2xx, errors
 
 
+def usage_allowed(redis_url: str, prefix: str, key_id: str) -> int:
+    """The key's admitted requests as the gateways counted them (its usage, today and
+    yesterday), once their once-a-second usage writes are in."""
+    time.sleep(1.5)
+    now = time.time()
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        return sum(
+            int(client.hget(usage_key(prefix, key_id, day_of(moment)), "allowed") or 0)
+            for moment in {now, now - 86400}
+        )
+
+
 def wrk_until_spent(
-    urls: list[str], secret: str, clients: int, limit: int, tail: float, max_seconds: float
+    urls: list[str],
+    admitted_now: Callable[[], int],
+    secret: str,
+    clients: int,
+    limit: int,
+    tail: float,
+    max_seconds: float,
 ) -> dict[str, Any]:
     """``wrk`` in runs of a few seconds until the limit is spent, then ``tail`` seconds more.
 
     Every run falls within one window of the limit, so all of them together may
-    admit at most ``limit``; a non-2xx answer here is a 429 (the stub upstream
-    answers 200 to everything).
+    admit at most ``limit``. Admissions are what the gateways counted for the key
+    (``admitted_now``): wrk does not count the requests still in flight when a
+    run ends, which the gateways may still admit.
     """
     started = time.monotonic()
     requests = refused = errors = 0
@@ -383,10 +417,11 @@ def wrk_until_spent(
         requests, refused, errors = requests + n, refused + no, errors + err
         if spent:
             break
-        spent = requests - refused >= limit
+        spent = no > 0  # refused: the store has no unit left (see the "429s" column)
     duration = time.monotonic() - started
+    admitted = admitted_now()
     return {
-        "admitted": requests - refused,
+        "admitted": admitted,
         "allowed": limit,
         "refused": refused,
         "other": errors,
@@ -423,10 +458,11 @@ async def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> int:
         for count in args.replicas:
             gateways = start_gateways(procs, workdir, config, count)
             urls = [g.url for g in gateways]
-            secrets = await make_keys(redis_url, config, [name for name, _, _ in LIMITS])
-            for (name, limit, window), secret in zip(LIMITS, secrets, strict=True):
+            keys = await make_keys(redis_url, config, [name for name, _, _ in LIMITS])
+            for (name, limit, window), (key_id, secret) in zip(LIMITS, keys, strict=True):
                 row = await measure(
-                    urls, secret, limit, window, args.clients,
+                    urls, functools.partial(usage_allowed, redis_url, prefix, key_id),
+                    secret, limit, window, args.clients,
                     windows=args.second_windows, tail=args.tail, max_seconds=args.max_seconds,
                 )  # fmt: skip
                 ratio = row["admitted"] / row["allowed"]

@@ -63,6 +63,24 @@ def redis_url() -> Iterator[str]:
             server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_test_keys(redis_url: str) -> Iterator[None]:
+    """After the session, delete every ``gwtest:`` key still in the store: a gateway
+    process may flush usage after a test's own clean-up has run."""
+    yield
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match="gwtest:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def key_prefix() -> str:
     return f"gwtest:{uuid.uuid4().hex[:12]}:"

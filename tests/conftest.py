@@ -86,14 +86,23 @@ def key_prefix() -> str:
     return f"gwtest:{uuid.uuid4().hex[:12]}:"
 
 
+async def drop_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a test's own clean-up)."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture
 async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
-    keys = [k async for k in client.scan_iter(match=key_prefix + "*", count=1000)]
-    if keys:
-        await client.delete(*keys)
     await client.aclose()
+    await drop_prefix(redis_url, key_prefix)
 
 
 @pytest.fixture

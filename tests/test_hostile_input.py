@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import GatewayProcess, free_port, service_for, write_config
+from conftest import GatewayProcess, drop_prefix, free_port, service_for, write_config
 from faultkit import FaultUpstream, RawAnswer, ThreadedUpstream, raw_exchange
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -98,7 +98,7 @@ def target(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             yield Target(gw, upstream, keys)
         finally:
             gw.stop()
-            asyncio.run(_drop(redis_url, prefix))
+            asyncio.run(drop_prefix(redis_url, prefix))
 
 
 async def _make_keys(redis_url: str, config: Any) -> dict[str, Any]:
@@ -120,14 +120,6 @@ async def _make_keys(redis_url: str, config: Any) -> dict[str, Any]:
                 "revoked": revoked_secret, "wrong_scope": writer_secret}  # fmt: skip
     finally:
         await client.aclose()
-
-
-async def _drop(redis_url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 # -- strategies ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import GatewayProcess, free_port, service_for, write_config
+from conftest import GatewayProcess, drop_prefix, free_port, service_for, write_config
 from faultkit import FaultUpstream, ThreadedUpstream, raw_exchange
 
 from gateway.config import parse_config
@@ -69,7 +69,7 @@ def target(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             yield Target(gw, upstream, secret)
         finally:
             gw.stop()
-            asyncio.run(_drop(redis_url, prefix))
+            asyncio.run(drop_prefix(redis_url, prefix))
 
 
 async def _make_key(redis_url: str, config) -> str:
@@ -80,14 +80,6 @@ async def _make_key(redis_url: str, config) -> str:
         return (await service.create_key(CLI, account, {"name": "k"}))[1]
     finally:
         await client.aclose()
-
-
-async def _drop(redis_url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 def refused_with(answer, status: int, code: str) -> None:

@@ -21,6 +21,13 @@ The original request is read from:
   (as in the proxy mode, so ``require_https`` is decided before this handler);
 - client IP: the TCP peer, or behind trusted proxies the right-most untrusted
   ``X-Forwarded-For`` entry (SPEC §3).
+
+An empty header is no description. Two descriptions that disagree (the URI
+headers, or the two method headers) are 400 ``bad_request``, never "the first
+one wins": nginx copies the client's own headers into its auth subrequest, so
+a client-sent ``X-Forwarded-Uri`` must not outweigh nginx's ``X-Original-URI``.
+A URI holding a fragment, a space, a control or a non-ASCII character is 400
+too (SPEC §6).
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ URI_HEADERS = ("X-Forwarded-Uri", "X-Original-URI", "X-Original-URL")
 METHOD_HEADERS = ("X-Forwarded-Method", "X-Original-Method")
 ERROR_HEADER = "X-Gateway-Error"
 _METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")  # an RFC 9110 token
+# Not in a request target (RFC 9112 §3.2, RFC 3986): a fragment, a space, a
+# control or a non-ASCII character (a byte >= 0x80 arrives decoded or escaped).
+_UNSAFE_URI = re.compile(r"[^\x21-\x7e]|#")
 
 
 class OriginalRequestError(ValueError):
@@ -111,35 +121,87 @@ class ForwardAuth:
         return response
 
 
-def _single(headers, names: tuple[str, ...]) -> str | None:
-    for name in names:
-        values = headers.getall(name, ())
-        if len(values) > 1:
-            raise OriginalRequestError(f"{name} is sent more than once")
-        if values:
-            return values[0].strip()
-    return None
+def _single(headers, name: str) -> str | None:
+    """One description header's value; an empty one counts as absent.
+
+    Proxies blank the descriptions they do not send (nginx drops a header set
+    to ``""``), so an empty value never describes anything.
+    """
+    values = headers.getall(name, ())
+    if len(values) > 1:
+        raise OriginalRequestError(f"{name} is sent more than once")
+    if not values:
+        return None
+    return values[0].strip(" \t") or None
+
+
+def _agreed(described: list[tuple[str, str]]) -> str | None:
+    """The one value every description gives; two that differ are refused (SPEC §11).
+
+    nginx copies the client's own headers into its auth subrequest: a
+    client-sent description must never outweigh the proxy's.
+    """
+    if not described:
+        return None
+    first_name, first = described[0]
+    for name, value in described[1:]:
+        if value != first:
+            raise OriginalRequestError(f"{first_name} and {name} describe different requests")
+    return first
 
 
 def original_method(headers, own: str) -> str:
-    method = _single(headers, METHOD_HEADERS)
-    if method is None:
-        return own
-    if not _METHOD.match(method):
-        raise OriginalRequestError("the original method is not an HTTP method token")
-    return method
+    described = []
+    for name in METHOD_HEADERS:
+        method = _single(headers, name)
+        if method is None:
+            continue
+        if not _METHOD.match(method):
+            raise OriginalRequestError(f"{name} is not an HTTP method token")
+        described.append((name, method))
+    return _agreed(described) or own
+
+
+def request_target(name: str, uri: str) -> str:
+    """The request target (path and query) a URI header hands over; raises on an unsafe one.
+
+    The URI must be what HTTP allows in a request line (SPEC §6): no fragment,
+    no raw space, control or non-ASCII character. A proxy in front may cut at
+    ``#`` where the gateway would not, and the two must never judge different
+    paths. An absolute ``http(s)`` URL (ingress-nginx's ``X-Original-URL``)
+    gives the part after its authority, which must be empty or start with
+    ``/``: ingress-nginx builds that URL from the client's own ``Host``, and
+    ``Host: x?`` would otherwise turn ``/admin`` into the path ``/``.
+    """
+    bad = _UNSAFE_URI.search(uri)
+    if bad is not None:
+        what = "a fragment" if bad.group() == "#" else "a space, control or non-ASCII character"
+        raise OriginalRequestError(f"{name} holds {what}")
+    if uri.startswith("/"):
+        return uri
+    try:
+        parts = urlsplit(uri)  # an absolute URI: keep what follows the authority
+    except ValueError as exc:  # e.g. an unclosed IPv6 literal
+        raise OriginalRequestError(f"{name} is not a URL") from exc
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise OriginalRequestError(f"{name} must be a path or an http(s) URL")
+    rest = uri[len(parts.scheme) + len("://") + len(parts.netloc) :]
+    if not rest:
+        return "/"
+    if not rest.startswith("/"):
+        raise OriginalRequestError(f"{name} has no path after its host")
+    return rest
 
 
 def original_path(headers, check_path: str, prefix: str) -> str:
     """The original request's normalised path (SPEC §6); raises on an unsafe one."""
-    uri = _single(headers, URI_HEADERS)
-    if uri is None:
+    described = []
+    for name in URI_HEADERS:
+        uri = _single(headers, name)
+        if uri is not None:
+            described.append((name, request_target(name, uri)))
+    target = _agreed(described)
+    if target is None:
         rest = check_path[len(prefix) :]
         return normalise_path(rest or "/")
-    if not uri.startswith("/"):
-        parts = urlsplit(uri)  # an absolute URI: keep its path
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise OriginalRequestError("the original URI must be a path or an http(s) URL")
-        uri = parts.path or "/"
-    raw = uri.split("?", 1)[0].split("#", 1)[0]
-    return normalise_path(raw)
+    return normalise_path(target.split("?", 1)[0])

@@ -6,6 +6,11 @@ ingress-nginx Ingress) are checked against the gateway's own contract: the
 check path, the identity headers it answers with (taken from the code, not
 retyped), and the header names its dialects of the original request use; the
 Ingress also validates against the Kubernetes schemas.
+
+Every example describes the original request in the headers its proxy sets
+and blanks every other description header the gateway reads (SPEC §11): the
+proxies pass the client's own headers to the check, and a client must not
+describe another request than its own.
 """
 
 from __future__ import annotations
@@ -21,6 +26,16 @@ from gateway.keys.model import CompiledKey, KeyRecord
 
 EXAMPLES = ROOT / "deploy" / "examples"
 CHECK = "/v1" + CHECK_PATH
+DESCRIPTIONS = {name.lower() for name in URI_HEADERS + METHOD_HEADERS}
+
+
+def blanks_the_rest(described: set[str], blanked: set[str], proxy: str) -> None:
+    """The proxy sets ``described``, blanks ``blanked``: together every description, once."""
+    described = {name.lower() for name in described}
+    blanked = {name.lower() for name in blanked}
+    assert described <= DESCRIPTIONS, proxy
+    assert not described & blanked, proxy
+    assert described | blanked == DESCRIPTIONS, (proxy, DESCRIPTIONS - described - blanked)
 
 
 def identity_headers() -> set[str]:
@@ -45,18 +60,66 @@ def test_nginx_example_sets_and_clears_every_identity_header():
     read = set(re.findall(r"\$upstream_http_(x_gateway_[a-z_]+)", text))
     assert {h.lower().replace("-", "_") for h in identity_headers()} <= read
     assert f"proxy_pass http://keygate{CHECK};" in text
-    assert "X-Original-URI    $request_uri" in text and "X-Original-URI" in URI_HEADERS
-    assert "X-Original-Method $request_method" in text and "X-Original-Method" in METHOD_HEADERS
+
+
+def _check_location(text: str) -> dict[str, str]:
+    """The headers the example sets on the decision request, by lower-cased name."""
+    block = re.search(r"location = /_keygate_check \{(.*?)\n    \}", text, re.S)
+    assert block is not None
+    body = block.group(1)
+    assert f"proxy_pass http://keygate{CHECK};" in body
+    return {
+        name.lower(): value
+        for name, value in re.findall(r"^\s*proxy_set_header\s+(\S+)\s+(.+?);\s*$", body, re.M)
+    }
+
+
+def test_nginx_example_describes_the_request_and_blanks_the_other_descriptions():
+    text = (EXAMPLES / "nginx" / "keygate.conf").read_text()
+    sent = _check_location(text)
+    assert sent["x-original-uri"] == "$request_uri"
+    assert sent["x-original-method"] == "$request_method"
+    assert sent["x-forwarded-proto"] == "$scheme"
+    assert sent["x-forwarded-host"] == "$host"
+    assert sent["x-forwarded-for"] == "$proxy_add_x_forwarded_for"
+    described = {n for n in DESCRIPTIONS if n in sent and sent[n] != '""'}
+    blanked = {n for n in DESCRIPTIONS if sent.get(n) == '""'}
+    blanks_the_rest(described, blanked, "nginx")
+    # The check never receives the client's body.
+    assert "proxy_pass_request_body off;" in text and sent["content-length"] == '""'
+
+
+def _traefik_middlewares(name: str) -> dict[str, dict]:
+    docs = list(yaml.safe_load_all((EXAMPLES / "traefik" / name).read_text()))
+    if name == "dynamic.yaml":
+        (doc,) = docs
+        assert doc["http"]["routers"]["api"]["middlewares"] == ["keygate"]
+        return doc["http"]["middlewares"]
+    assert {d["kind"] for d in docs} == {"Middleware"}
+    assert len({d["metadata"]["namespace"] for d in docs}) == 1
+    return {d["metadata"]["name"]: d["spec"] for d in docs}
+
+
+def _traefik_chain(middlewares: dict[str, dict]) -> list[dict]:
+    chain = middlewares["keygate"]["chain"]["middlewares"]
+    return [middlewares[m if isinstance(m, str) else m["name"]] for m in chain]
+
+
+def test_traefik_example_blanks_the_descriptions_traefik_does_not_set_before_asking():
+    # Traefik's ForwardAuth sets X-Forwarded-Method and X-Forwarded-Uri itself
+    # (trustForwardHeader: false replaces a client's).
+    traefik_sets = {"X-Forwarded-Method", "X-Forwarded-Uri"}
+    for name in ("dynamic.yaml", "middleware.yaml"):
+        clean, check = _traefik_chain(_traefik_middlewares(name))
+        assert check["forwardAuth"]["trustForwardHeader"] is False
+        removed = clean["headers"]["customRequestHeaders"]
+        assert set(removed.values()) == {""}, name  # an empty value removes the header
+        blanks_the_rest(traefik_sets, set(removed), f"traefik {name}")
 
 
 def test_traefik_example_copies_identity_and_strips_the_clients():
     for name in ("dynamic.yaml", "middleware.yaml"):
-        doc = yaml.safe_load((EXAMPLES / "traefik" / name).read_text())
-        auth = (
-            doc["spec"]["forwardAuth"]
-            if "spec" in doc
-            else doc["http"]["middlewares"]["keygate"]["forwardAuth"]
-        )
+        auth = _traefik_chain(_traefik_middlewares(name))[-1]["forwardAuth"]
         assert auth["address"].endswith(CHECK)
         assert auth["trustForwardHeader"] is False
         pattern = re.compile(auth["authResponseHeadersRegex"])
@@ -100,9 +163,58 @@ def test_envoy_example_asks_the_check_path_and_strips_client_identity_first():
     assert service["server_uri"]["cluster"] in clusters
 
 
+def _envoy_matches(pattern: dict, name: str) -> bool:
+    if pattern.get("ignore_case"):
+        pattern = {k: v.lower() if isinstance(v, str) else v for k, v in pattern.items()}
+    if "exact" in pattern:
+        return name == pattern["exact"]
+    if "prefix" in pattern:
+        return name.startswith(pattern["prefix"])
+    if "suffix" in pattern:
+        return name.endswith(pattern["suffix"])
+    if "contains" in pattern:
+        return pattern["contains"] in name
+    return re.fullmatch(pattern["safe_regex"]["regex"], name) is not None
+
+
+def test_envoy_example_passes_no_clients_description_and_blanks_them_all():
+    """Envoy describes the original request by the check's own method and path (the
+    gateway's fallback), so every description header is one to blank."""
+    envoy = yaml.safe_load((EXAMPLES / "envoy" / "envoy.yaml").read_text())
+    request = _filters(envoy)[1]["typed_config"]["http_service"]["authorization_request"]
+    for pattern in request["allowed_headers"]["patterns"]:
+        passed = [name for name in DESCRIPTIONS if _envoy_matches(pattern, name)]
+        assert not passed, (pattern, passed)
+    added = {h["key"].lower(): h["value"] for h in request["headers_to_add"]}
+    blanks_the_rest(set(), {n for n, v in added.items() if v == ""}, "envoy")
+
+
+def _ingress_nginx_docs() -> tuple[dict, dict]:
+    docs = list(yaml.safe_load_all((EXAMPLES / "ingress-nginx" / "ingress.yaml").read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert len(by_kind) == len(docs) == 2
+    return by_kind["Ingress"], by_kind["ConfigMap"]
+
+
+def test_ingress_nginx_example_blanks_the_descriptions_it_does_not_set():
+    """ingress-nginx sets X-Original-URL and X-Original-Method on the check and passes
+    the client's other headers: auth-proxy-set-headers blanks the other descriptions."""
+    ingress, config_map = _ingress_nginx_docs()
+    annotations = ingress["metadata"]["annotations"]
+    meta = config_map["metadata"]
+    # ingress-nginx reads namespace/name, in the Ingress's own namespace.
+    assert meta["namespace"] == ingress["metadata"]["namespace"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-proxy-set-headers"] == (
+        f"{meta['namespace']}/{meta['name']}"
+    )
+    assert set(config_map["data"].values()) == {""}
+    blanks_the_rest({"X-Original-URL", "X-Original-Method"}, set(config_map["data"]), "ingress")
+
+
 def test_ingress_nginx_example_is_a_valid_ingress_naming_every_identity_header():
-    ingress = yaml.safe_load((EXAMPLES / "ingress-nginx" / "ingress.yaml").read_text())
-    kubernetes_validate.validate(ingress, "1.37.0", strict=True)
+    ingress, _ = _ingress_nginx_docs()
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/auth-url"].endswith(CHECK)
     copied = annotations["nginx.ingress.kubernetes.io/auth-response-headers"].split(",")

@@ -15,8 +15,10 @@ import uuid
 
 import pytest
 from conftest import bearer, new_account, new_key, upstream_url
+from http_raw import RawResponse, raw_request
 from multidict import CIMultiDict
 
+from gateway.forward_auth import OriginalRequestError, original_method, original_path
 from gateway.keys.service import CLI
 
 CHECK = "/v1/auth/check"
@@ -356,3 +358,138 @@ async def test_decisions_are_counted_in_usage_like_proxied_requests(gw, http):
     record = await gw.runtime.store.get_key(key_id)
     today = (await gw.service.usage_days(record, 1))[0]
     assert (today["allowed"], today["denied"], today["rate_limited"]) == (2, 1, 0)
+
+
+def assert_bad_request(response: RawResponse, *context) -> None:
+    """400 ``bad_request`` in the JSON envelope, with the request id and X-Gateway-Error."""
+    assert response.status == 400, (context, response.status, response.body)
+    body = response.json()
+    assert body["error"]["code"] == "bad_request", context
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["meta"]["request_id"] == response.headers["X-Request-Id"]
+    assert json.loads(response.headers["X-Gateway-Error"]) == body
+
+
+# Two descriptions of the original request that disagree: a client-sent one beside the
+# proxy's (SPEC §11). The first named is what a client might add, the second the proxy's.
+CONFLICTS = [
+    [("X-Forwarded-Uri", "/public/x"), ("X-Original-URI", "/v1/users/7")],
+    [("X-Original-URI", "/public/x"), ("X-Forwarded-Uri", "/v1/users/7")],
+    [("X-Forwarded-Uri", "/public/x"), ("X-Original-URL", "https://api.example.com/v1/users/7")],
+    [("X-Original-URI", "/public/x"), ("X-Original-URL", "https://api.example.com/v1/users/7")],
+    [("X-Original-URL", "https://api.example.com/public/x"), ("X-Original-URI", "/v1/users/7")],
+    [("X-Forwarded-Uri", "/v1/users/7?a=1"), ("X-Original-URI", "/v1/users/7?a=2")],
+    [("X-Forwarded-Method", "GET"), ("X-Original-Method", "DELETE")],
+    [("X-Original-Method", "GET"), ("X-Forwarded-Method", "DELETE")],
+    [("X-Forwarded-Method", "get"), ("X-Original-Method", "GET")],  # methods are case-sensitive
+]
+
+
+@pytest.mark.parametrize("pair", CONFLICTS, ids=lambda pair: "+".join(n for n, _ in pair))
+async def test_two_descriptions_that_disagree_are_400_whatever_their_order(gw, pair):
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    for headers in (pair, pair[::-1]):
+        for extra in ([], [("Authorization", f"Bearer {secret}")]):
+            response = await raw_request(gw.url, "GET", CHECK, [*headers, *extra])
+            assert_bad_request(response, headers, extra)
+
+
+async def test_descriptions_that_agree_are_one_description(gw):
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    key = [("Authorization", f"Bearer {secret}")]
+    agreeing = [
+        ("X-Forwarded-Uri", "/v1/users/7?a=1"),
+        ("X-Original-URI", "/v1/users/7?a=1"),
+        ("X-Original-URL", "https://api.example.com/v1/users/7?a=1"),
+        ("X-Forwarded-Method", "POST"),
+        ("X-Original-Method", "POST"),
+    ]
+    refused = await raw_request(gw.url, "GET", CHECK, [*agreeing, *key])
+    assert (refused.status, refused.json()["error"]["code"]) == (403, "insufficient_permissions")
+    reading = [(n, "GET") if n.endswith("Method") else (n, v) for n, v in agreeing]
+    allowed = await raw_request(gw.url, "POST", CHECK, [*reading, *key])
+    assert (allowed.status, allowed.body) == (200, b"")
+    missing = await raw_request(gw.url, "GET", CHECK, reading)
+    assert (missing.status, missing.json()["error"]["code"]) == (401, "missing_api_key")
+
+
+async def test_an_empty_description_is_no_description(gw):
+    """nginx sends no header set to ""; a proxy that sends it empty means the same."""
+    blank = [(name, "") for name in ("X-Forwarded-Uri", "X-Forwarded-Method", "X-Original-URL")]
+    keyless = await raw_request(
+        gw.url,
+        "GET",
+        CHECK,
+        [*blank, ("X-Original-URI", "/v1/users/7"), ("X-Original-Method", "GET")],
+    )
+    assert (keyless.status, keyless.json()["error"]["code"]) == (401, "missing_api_key")
+    public = await raw_request(gw.url, "GET", CHECK, [*blank, ("X-Original-URI", "/public/x")])
+    assert (public.status, public.body) == (200, b"")
+    # Every description empty: the path after /auth/check and the check's own method (Envoy).
+    everything = blank + [("X-Original-URI", ""), ("X-Original-Method", "")]
+    envoy = await raw_request(gw.url, "PATCH", CHECK + "/v1/users/7", everything)
+    assert (envoy.status, envoy.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert (await raw_request(gw.url, "GET", CHECK + "/public/x", everything)).status == 200
+
+
+# URIs HTTP does not allow in a request line (SPEC §6), each naming a public path if cut
+# or tidied where the gateway used to, and a key-protected one as a proxy may read it.
+UNSAFE = {
+    "fragment": "/public/x#/../../v1/users/7",
+    "fragment-only": "/v1/users#",
+    "space": "/public/a b",
+    "tab": "/public/a\tb",
+    "utf-8": "/public/\xc3\xa9",  # raw bytes: the request line is sent as latin-1
+    "non-utf-8": "/public/\xff",
+}
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-Uri", "X-Original-URI", "X-Original-URL"])
+@pytest.mark.parametrize("uri", UNSAFE.values(), ids=UNSAFE.keys())
+async def test_an_unsafe_uri_handed_over_is_400(gw, header, uri):
+    value = "https://api.example.com" + uri if header == "X-Original-URL" else uri
+    response = await raw_request(gw.url, "GET", CHECK, [(header, value)])
+    assert_bad_request(response, header, uri)
+
+
+@pytest.mark.parametrize("byte", ["\x00", "\x01", "\x1f", "\x7f"], ids=repr)
+async def test_a_control_byte_in_a_uri_handed_over_never_passes(gw, byte):
+    """aiohttp's parser refuses these bytes in any header before the gateway reads it."""
+    response = await raw_request(gw.url, "GET", CHECK, [("X-Forwarded-Uri", f"/public/{byte}x")])
+    assert response.status == 400
+    if response.headers.get("Content-Type", "").startswith("application/json"):
+        assert response.json()["error"]["code"] in ("bad_request", "invalid_request")
+
+
+def test_the_uri_check_itself_refuses_every_unsafe_character():
+    """What a parser may let through still never reaches a decision."""
+    controls = [f"/public/{chr(c)}x" for c in (*range(0x20), 0x7F)]
+    for uri in (*UNSAFE.values(), *controls, "/public/\udcff", "/public/\u00a0"):
+        for name in ("X-Forwarded-Uri", "X-Original-URI"):
+            with pytest.raises(OriginalRequestError):
+                original_path(CIMultiDict({name: uri}), CHECK, CHECK)
+
+
+def test_an_absolute_url_must_put_its_path_right_after_the_host():
+    """ingress-nginx builds X-Original-URL from the client's Host: ``Host: x?`` must not turn
+    the path into ``/``."""
+    for url in ("http://x?/v1/users/7", "http://[::1/v1/users", "ftp://x/v1/users"):
+        with pytest.raises(OriginalRequestError):
+            original_path(CIMultiDict({"X-Original-URL": url}), CHECK, CHECK)
+    for url, path in (("https://x", "/"), ("https://x:8443/v1/./users", "/v1/users")):
+        assert original_path(CIMultiDict({"X-Original-URL": url}), CHECK, CHECK) == path
+
+
+def test_a_method_description_is_a_token_and_agrees():
+    assert original_method(CIMultiDict(), "PUT") == "PUT"
+    assert original_method(CIMultiDict({"X-Original-Method": ""}), "PUT") == "PUT"
+    assert original_method(CIMultiDict({"X-Forwarded-Method": "DELETE"}), "GET") == "DELETE"
+    for headers in (
+        {"X-Forwarded-Method": "GE T"},
+        {"X-Original-Method": "GET\x01"},
+        {"X-Forwarded-Method": "GET", "X-Original-Method": "POST"},
+    ):
+        with pytest.raises(OriginalRequestError):
+            original_method(CIMultiDict(headers), "GET")

@@ -30,11 +30,26 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import ROOT, bearer, free_port, new_account, new_key, upstream_url
+from http_raw import RawResponse, raw_request
 from multidict import CIMultiDict
 
 from gateway.keys.service import CLI
 
 EXAMPLE = ROOT / "deploy" / "examples" / "nginx" / "keygate.conf"
+# The example's lines that blank the descriptions of the original request nginx does not set.
+BLANKING = (
+    'proxy_set_header X-Forwarded-Uri    "";',
+    'proxy_set_header X-Forwarded-Method "";',
+    'proxy_set_header X-Original-URL     "";',
+)
+# What a client may send to describe another request than its own.
+LIES = [
+    ("X-Forwarded-Uri", "/public/x"),
+    ("X-Forwarded-Method", "GET"),
+    ("X-Original-URI", "/public/x"),
+    ("X-Original-Method", "GET"),
+    ("X-Original-URL", "http://api.example.com/public/x"),
+]
 REFUSAL_HEADERS = ("WWW-Authenticate", "X-Request-Id", "Retry-After", "Allow", "Content-Type")
 CLIENT = "127.0.0.3"
 OTHER_CLIENT = "127.0.0.4"
@@ -49,8 +64,14 @@ def nginx_binary() -> str:
     return found
 
 
-def render_example(gateway_port: int, app_port: int, listen_port: int) -> str:
+def render_example(
+    gateway_port: int, app_port: int, listen_port: int, without: tuple[str, ...] = ()
+) -> str:
+    """The example with this test's addresses, less any line holding one of ``without``."""
     text = EXAMPLE.read_text()
+    for line in without:
+        assert text.count(line) == 1, f"the example no longer holds {line!r}"
+        text = "".join(kept for kept in text.splitlines(True) if line not in kept)
     for old, new in (
         ("server 127.0.0.1:8080;", f"server 127.0.0.1:{gateway_port};"),
         ("server 127.0.0.1:8000;", f"server 127.0.0.1:{app_port};"),
@@ -62,12 +83,16 @@ def render_example(gateway_port: int, app_port: int, listen_port: int) -> str:
 
 
 class Nginx:
-    def __init__(self, workdir: Path, gateway_port: int, app_port: int):
+    def __init__(
+        self, workdir: Path, gateway_port: int, app_port: int, without: tuple[str, ...] = ()
+    ):
         self.workdir = workdir
         self.port = free_port()
         self.binary = nginx_binary()
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "keygate.conf").write_text(render_example(gateway_port, app_port, self.port))
+        (workdir / "keygate.conf").write_text(
+            render_example(gateway_port, app_port, self.port, without)
+        )
         temp = "\n".join(
             f"  {kind}_temp_path {workdir / kind};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -123,8 +148,8 @@ class Nginx:
 def nginx(tmp_path: Path) -> Iterator:
     started: list[Nginx] = []
 
-    def make(gateway_port: int, app_port: int) -> Nginx:
-        server = Nginx(tmp_path / f"nginx{len(started)}", gateway_port, app_port)
+    def make(gateway_port: int, app_port: int, without: tuple[str, ...] = ()) -> Nginx:
+        server = Nginx(tmp_path / f"nginx{len(started)}", gateway_port, app_port, without)
         started.append(server)
         return server.start()
 
@@ -151,7 +176,7 @@ async def setup(start_gateway, base_config, upstream, nginx):
             ],
         )
     )
-    front = await asyncio.to_thread(nginx, gw.server.port, upstream.port)
+    front = await asyncio.to_thread(nginx, port_of(gw), upstream.port)
     return gw, front
 
 
@@ -164,6 +189,11 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 async def fetch(session, method, url, headers=None, data=None):
     async with session.request(method, url, headers=headers or {}, data=data) as resp:
         return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+def port_of(gw) -> int:
+    """The gateway's public port, from the URL the tests reach it at."""
+    return int(gw.url.rsplit(":", 1)[1])
 
 
 def rid() -> str:
@@ -352,7 +382,7 @@ async def test_rate_limited_key_gets_429_with_retry_after_and_limit_headers(
             ],
         )
     )
-    front = await asyncio.to_thread(nginx, gw.server.port, upstream.port)
+    front = await asyncio.to_thread(nginx, port_of(gw), upstream.port)
     account = await new_account(gw.service)
     _, secret = await new_key(gw.service, account)
     seen = []
@@ -375,3 +405,81 @@ async def test_rate_limited_key_gets_429_with_retry_after_and_limit_headers(
     for body in (direct, relayed):
         body["error"]["details"].pop("retry_after")
     assert relayed == direct and relayed["error"]["code"] == "rate_limit_exceeded"
+
+
+def reached_the_app(response: RawResponse) -> bool:
+    """The upstream's echo (a JSON object with the path it was asked for), not a refusal."""
+    if response.status != 200:
+        return False
+    try:
+        return "path" in response.json()
+    except ValueError:
+        return False
+
+
+def code_of(response: RawResponse) -> str:
+    return response.json()["error"]["code"]
+
+
+@pytest.mark.parametrize("lie", LIES, ids=[name for name, _ in LIES])
+async def test_a_client_sent_description_of_another_request_changes_nothing(setup, lie):
+    """auth_request copies the client's headers into the check: a keyless request to a
+    key-protected path, claiming to be a request for a public one, is still refused as
+    the proxy mode refuses it, and a read-only key cannot POST by claiming a GET."""
+    gw, front = setup
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    for method, headers, code, status in (
+        ("GET", [lie], "missing_api_key", 401),
+        ("POST", [lie, ("Authorization", f"Bearer {secret}")], "insufficient_permissions", 403),
+    ):
+        direct = await raw_request(gw.url, method, "/v1/users/7", headers)
+        behind = await raw_request(front.url, method, "/v1/users/7", headers)
+        assert (direct.status, code_of(direct)) == (status, code), (lie, method)
+        assert not reached_the_app(behind), (lie, method, behind.body)
+        assert (behind.status, code_of(behind)) == (status, code), (lie, front.error_log()[-2000:])
+
+
+async def test_were_a_description_to_get_through_the_gateway_refuses_the_disagreement(
+    start_gateway, base_config, upstream, nginx
+):
+    """The example less its blanking lines: nginx now passes the client's X-Forwarded-Uri
+    and X-Forwarded-Method beside its own X-Original-URI and X-Original-Method, and the
+    gateway answers 400 rather than believing either."""
+    url = upstream_url(upstream)
+    gw = await start_gateway(
+        base_config(
+            server={"trusted_proxies": ["127.0.0.1/32"]},
+            routes=[
+                {"name": "users", "match": "/v1/users", "upstream": url},
+                {"name": "public", "match": "/public", "upstream": url, "auth": "none"},
+            ],
+        )
+    )
+    front = await asyncio.to_thread(nginx, port_of(gw), upstream.port, BLANKING)
+    for lie in (("X-Forwarded-Uri", "/public/x"), ("X-Forwarded-Method", "GET")):
+        behind = await raw_request(front.url, "DELETE", "/v1/users/7", [lie])
+        assert not reached_the_app(behind), (lie, behind.body)
+        assert (behind.status, code_of(behind)) == (400, "bad_request"), lie
+        assert behind.json()["meta"]["request_id"] == behind.headers["X-Request-Id"]
+    # Descriptions that agree with nginx's are no disagreement.
+    agree = [("X-Forwarded-Uri", "/public/x?a=1"), ("X-Forwarded-Method", "GET")]
+    assert reached_the_app(await raw_request(front.url, "GET", "/public/x?a=1", agree))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/public/x#/../../v1/users/7",  # nginx routes on /public/x and forwards it all
+        "/public/\xc3\xa9",  # raw UTF-8 bytes: nginx accepts and forwards them
+        "/public/\xff",
+    ],
+    ids=["fragment", "utf-8", "non-utf-8"],
+)
+async def test_a_target_nginx_forwards_as_it_came_is_judged_strictly(setup, target):
+    """nginx hands over $request_uri as the client sent it; the gateway refuses a fragment
+    or a non-ASCII byte in it (SPEC §6) instead of judging a path of its own making."""
+    _, front = setup
+    behind = await raw_request(front.url, "GET", target)
+    assert not reached_the_app(behind), behind.body
+    assert (behind.status, code_of(behind)) == (400, "bad_request"), front.error_log()[-2000:]

@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..compat.redis import fail_fast
 from ..config.schema import RedisConfig, RedisTLSConfig
 from .embedded import EmbeddedRedis
 
@@ -37,11 +38,14 @@ class StoreUnavailable(Exception):
 
 
 STORE_ERRORS = (RedisError, OSError, RedisConnectionError, RedisTimeoutError)
-_TRANSPORT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
 class StoreHealth:
-    """Whether the store answered lately; lets callers fail fast while it does not."""
+    """Whether the store answered lately; lets callers fail fast while it does not.
+
+    The :class:`~gateway.compat.redis.Gate` that :func:`fail_fast` puts in
+    front of every command of a client's connections.
+    """
 
     def __init__(self, *, hold: float = 0.5, probe_timeout: float = 3.0):
         self.hold = hold
@@ -83,46 +87,10 @@ class StoreHealth:
         self._prober = None
 
 
-class _FailFast:
-    """Mixed into redis-py's connection classes: consult and update a :class:`StoreHealth`."""
-
-    health: StoreHealth
-
-    async def connect(self) -> None:
-        self.health.admit(self)
-        try:
-            await super().connect()  # type: ignore[misc]
-        except _TRANSPORT_ERRORS as exc:
-            self.health.failed(exc)
-            raise
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self.health.admit(self)
-        try:
-            await super().send_packed_command(command, check_health)  # type: ignore[misc]
-        except _TRANSPORT_ERRORS as exc:
-            self.health.failed(exc)
-            raise
-
-    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            response = await super().read_response(*args, **kwargs)  # type: ignore[misc]
-        except _TRANSPORT_ERRORS as exc:
-            self.health.failed(exc)
-            raise
-        self.health.succeeded()
-        return response
-
-
-def _fail_fast(pool: ConnectionPool, health: StoreHealth) -> None:
-    base = pool.connection_class
-    pool.connection_class = type("FailFast" + base.__name__, (_FailFast, base), {"health": health})
-
-
 def fail_fast_client(url: str, health: StoreHealth, **kwargs: Any) -> aioredis.Redis:
     """A client on ``url`` whose connections fail fast while ``health`` says the store is down."""
     pool = ConnectionPool.from_url(url, **kwargs)
-    _fail_fast(pool, health)
+    fail_fast(pool, health)
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
@@ -249,7 +217,7 @@ def _open_sentinel(config: RedisConfig) -> StoreHandle:
     client = manager.master_for(
         spec.master_name, **timeouts, retry=_retry(1), health_check_interval=30
     )
-    _fail_fast(client.connection_pool, health)
+    fail_fast(client.connection_pool, health)
 
     def pubsub() -> aioredis.Redis:
         return manager.master_for(

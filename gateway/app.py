@@ -1,152 +1,199 @@
-"""The aiohttp applications: the public port (proxy + management) and the admin port.
+"""The public port's server and its runtime, opened and closed as one.
 
-Resources live in ``cleanup_ctx`` generators, opened in order before the
-first request and closed in reverse: the store connection, the runtime
-(cache, pipeline, invalidation listener, access log), and the upstream
-client session.
+The public port runs on aiohttp's low-level ``web.Server`` (through
+:class:`~gateway.compat.aiohttp.GatewayServer`): one handler,
+:class:`~gateway.handler.PublicHandler`, sees every request. Its resources
+open in order before the first request and close in reverse: the store
+connection, the runtime (cache, pipeline, invalidation listener, access log,
+usage recorder, reloader), and the upstream pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import Callable
 
 from aiohttp import web
 
+from .compat.aiohttp import GatewayServer
 from .config.schema import Config
-from .handler import PublicHandler
+from .handler import PublicHandler, parser_limits
 from .keys.audit import AuditLog
 from .keys.cache import KeyCache
 from .keys.invalidation import InvalidationListener
 from .keys.service import KeyService
 from .keys.store import KeyStore
+from .management import local_routes
 from .ops.accesslog import AccessLog
+from .ops.admin import admin_routes
 from .ops.metrics import Metrics
 from .ops.reload import ConfigReloader
 from .pipeline import Pipeline
-from .proxy.forward import new_session
 from .ratelimit import RateLimiter, RedisLimitStore
 from .ratelimit.policy import plan_rate
+from .request_id import RequestIds
 from .runtime import Runtime, Snapshot
 from .store.connection import StoreHandle, open_store
 from .usage import UsageRecorder
 
 log = logging.getLogger("gateway")
 
-RUNTIME = web.AppKey("runtime", Runtime)
-STORE = web.AppKey("store", StoreHandle)
-HANDLER = web.AppKey("handler", PublicHandler)
-
 StoreFactory = Callable[[Config], StoreHandle]
+KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default is an hour
 
 
-def local_routes_for(runtime: Runtime) -> tuple:
-    """The paths the gateway answers itself (management API, forward auth, dashboard)."""
-    try:
-        from .management import local_routes
-    except ImportError:  # pragma: no cover - the management package is part of the gateway
-        return ()
-    return local_routes(runtime)
+class GatewayApp:
+    """The gateway of one process: :meth:`start`, then :meth:`listen`, then :meth:`close`.
 
+    Tests may pass a ``store_factory`` for another Redis.
+    """
 
-def create_app(
-    config: Config,
-    *,
-    store_factory: StoreFactory | None = None,
-    metrics: Metrics | None = None,
-    config_path: str | None = None,
-) -> web.Application:
-    """The public application. Tests may pass a ``store_factory`` for another Redis."""
-    from .server import expect_handler, parser_limits  # aiohttp settings of the public port
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store_factory: StoreFactory | None = None,
+        metrics: Metrics | None = None,
+        config_path: str | None = None,
+        worker: int | None = None,
+    ):
+        self.config = config
+        self._store_factory = store_factory or (lambda c: open_store(c.redis))
+        self._metrics = metrics
+        self._config_path = config_path
+        self._worker = worker
+        self._stack = contextlib.AsyncExitStack()
+        self._runtime: Runtime | None = None
+        self.server: GatewayServer | None = None
+        self.runner: web.ServerRunner | None = None
+        self.store: StoreHandle | None = None
 
-    app = web.Application(handler_args=parser_limits(config.server))
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("the gateway has not started")
+        return self._runtime
 
-    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        handle = (store_factory or (lambda c: open_store(c.redis)))(config)
-        app[STORE] = handle
-        yield
-        await handle.close()
+    async def start(self) -> Runtime:
+        """Open the store and build the runtime; undone by :meth:`close`."""
+        try:
+            self._runtime = await self._open()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self._runtime
 
-    async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-        handle = app[STORE]
+    async def _open(self) -> Runtime:
+        config = self.config
+        stack = self._stack
+        handle = self._store_factory(config)
+        self.store = handle
+        stack.push_async_callback(handle.close)
         store = KeyStore(handle.client, config.redis.key_prefix)
-        runtime = Runtime(
-            snapshot=Snapshot.build(config),
-            store=store,
-            cache=None,  # type: ignore[arg-type]  # set just below: the loader needs the runtime
-            service=KeyService(
-                store, config, audit=AuditLog(handle.client, config.redis.key_prefix)
-            ),
-            metrics=metrics or Metrics(),
-            access_log=AccessLog(config.keys.prefix),
-        )
-        runtime.extras["config_path"] = config_path
-        runtime.cache = KeyCache(
-            runtime.load_key,
+        metrics = self._metrics or Metrics()
+        cache = KeyCache(
+            lambda key_hash: runtime.load_key(key_hash),
             ttl=config.keys.cache_ttl,
             negative_ttl=config.keys.negative_cache_ttl,
             max_size=config.keys.cache_max_size,
             stale_if_error=config.keys.stale_if_error,
         )
-        runtime.metrics.watch_cache(
-            lambda: (
-                runtime.cache.hits,
-                runtime.cache.misses,
-                runtime.cache.stale_served,
-                len(runtime.cache),
-            )
-        )
+        holder: list[Runtime] = []
         limiter = RateLimiter(
             RedisLimitStore(handle.client),
             prefix=config.redis.key_prefix,
-            plan_rate=lambda plan: plan_rate(runtime.snapshot.config, plan),
+            plan_rate=lambda plan: plan_rate(holder[0].snapshot.config, plan),
             on_store_error=config.rate_limits.on_store_error,
         )
         usage = UsageRecorder(handle.client, config.redis.key_prefix)
-        runtime.extras["limiter"] = limiter
-        runtime.extras["usage"] = usage
-        runtime.pipeline = Pipeline(
-            prefix=config.keys.prefix, cache=runtime.cache, limiter=limiter, usage=usage
+        runtime = Runtime(
+            snapshot=Snapshot.build(config),
+            store=store,
+            cache=cache,
+            service=KeyService(
+                store, config, audit=AuditLog(handle.client, config.redis.key_prefix)
+            ),
+            metrics=metrics,
+            access_log=AccessLog(config.keys.prefix),
+            pipeline=Pipeline(prefix=config.keys.prefix, cache=cache, limiter=limiter, usage=usage),
+            limiter=limiter,
+            usage=usage,
+            request_ids=RequestIds(config.keys.prefix),
+            config_path=self._config_path,
+            worker=self._worker,
         )
-        runtime.snapshot = Snapshot.build(config, local_routes_for(runtime))
+        holder.append(runtime)
+        metrics.watch_cache(lambda: (cache.hits, cache.misses, cache.stale_served, len(cache)))
+        runtime.snapshot = Snapshot.build(config, local_routes(runtime))
+        stack.callback(runtime.pool.close)
         pubsub = handle.open_pubsub(config.redis)  # sentinel: the master; cluster: one node
-        listener = InvalidationListener(pubsub, store.channel, runtime.cache)
+        stack.push_async_callback(pubsub.aclose)
+        listener = InvalidationListener(pubsub, store.channel, cache)
         listener.start()
-        runtime.extras["invalidation"] = listener
+        stack.push_async_callback(listener.stop)
+        runtime.invalidation = listener
         runtime.access_log.start()
-        reloader = ConfigReloader(runtime, config_path, local_routes_for) if config_path else None
-        if reloader is not None:
-            runtime.extras["reload"] = reloader.request  # SIGHUP
+        stack.push_async_callback(runtime.access_log.stop)
+        if self._config_path:
+            reloader = ConfigReloader(runtime, self._config_path, local_routes)
+            runtime.reload = reloader.request  # SIGHUP
             reloader.start()  # and when the file changes
+            stack.push_async_callback(reloader.stop)
         usage.start()
-        app[RUNTIME] = runtime
-        app[HANDLER] = PublicHandler(runtime)
-        yield
-        await usage.stop()  # writes the counts not yet written
-        if reloader is not None:
-            await reloader.stop()
-        await listener.stop()
-        await pubsub.aclose()
-        await runtime.access_log.stop()
+        stack.push_async_callback(usage.stop)  # writes the counts not yet written
+        handler = PublicHandler(runtime)
+        self.server = GatewayServer(
+            handler,
+            header_timeout=lambda: runtime.snapshot.config.server.header_read_timeout,
+            refusal=handler.parser_refusal,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            **parser_limits(config.server),
+        )
+        return runtime
 
-    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        session = new_session()
-        app[RUNTIME].session = session
-        yield
-        await session.close()
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool | None = None,
+    ) -> None:
+        """Open the public listener."""
+        assert self.server is not None, "start() first"
+        if self.runner is None:
+            self.runner = web.ServerRunner(self.server, handle_signals=False, shutdown_timeout=0.1)
+            await self.runner.setup()
+        site = web.TCPSite(
+            self.runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port, backlog=1024
+        )
+        await site.start()
 
-    app.cleanup_ctx.extend([store_ctx, runtime_ctx, session_ctx])
+    @property
+    def port(self) -> int:
+        """The public listener's port (the one the system chose for port 0)."""
+        assert self.runner is not None and self.runner.addresses, "listen() first"
+        return self.runner.addresses[0][1]
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await request.app[HANDLER](request)
+    async def stop_listening(self) -> None:
+        """Close the listening sockets; connections already accepted stay."""
+        if self.runner is not None:
+            for site in list(self.runner.sites):
+                await site.stop()
 
-    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=expect_handler)
-    return app
+    async def close(self) -> None:
+        """Close the listener and every connection, then the resources in reverse order."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        await self._stack.aclose()
 
 
-def create_admin_app(public: web.Application) -> web.Application:
-    from .ops.admin import admin_routes
-
+def create_admin_app(get_runtime: Callable[[], Runtime]) -> web.Application:
     admin = web.Application()
-    admin.add_routes(admin_routes(lambda: public[RUNTIME]))
+    admin.add_routes(admin_routes(get_runtime))
     return admin

@@ -33,6 +33,9 @@ FAULTS: dict[str, Fault] = {
         405, "invalid_request_error", "This method is not allowed on this route"
     ),
     "payload_too_large": Fault(413, "invalid_request_error", "The request body is too large"),
+    "request_timeout": Fault(
+        408, "invalid_request_error", "The request body stopped arriving before its end"
+    ),
     "uri_too_long": Fault(414, "invalid_request_error", "The request URL is too long"),
     "request_header_fields_too_large": Fault(
         431, "invalid_request_error", "The request headers are too large or too many"
@@ -77,6 +80,7 @@ FAULTS: dict[str, Fault] = {
 }
 
 REALM = "api"
+SERVER = "keygate"  # the Server header of the gateway's own answers: no software version
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +134,14 @@ def error_response(denial: Denial, request_id: str) -> web.Response:
     )
     response.headers["X-Request-Id"] = request_id
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Server"] = SERVER
     challenge = challenge_header(denial)
     if challenge:
         response.headers["WWW-Authenticate"] = challenge
     for name, value in denial.headers.items():
         response.headers[name] = value
     return response
+
+
+BACKEND_DOWN = Denial("auth_backend_unavailable", headers={"Retry-After": "5"})
+"""The key store did not answer and the key is not cached: every entry point answers this."""

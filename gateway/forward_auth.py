@@ -38,13 +38,12 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .denials import Denial, error_response
-from .handler import ROUTE_NOT_FOUND, build_attempt, method_not_allowed
-from .pipeline import Principal
-from .proxy.paths import PathError, normalise_path
+from .checks.route import ROUTE_NOT_FOUND, method_denial
+from .denials import SERVER, Denial, error_response
+from .pipeline import Principal, RequestContext, attempt_for
+from .proxy.paths import PathError, match_form, normalise_path
 
 if TYPE_CHECKING:
-    from .handler import RequestContext
     from .runtime import LocalHandler, Runtime
 
 CHECK_PATH = "/auth/check"
@@ -81,19 +80,30 @@ class ForwardAuth:
             path = original_path(headers, ctx.path, self.path)
         except (OriginalRequestError, PathError) as exc:
             return self.refuse(Denial("bad_request", {"reason": str(exc)}), ctx)
+        path = match_form(path)
         route = snapshot.router.match(path)
         if route is None:
             return self.refuse(ROUTE_NOT_FOUND, ctx)
         ctx.route = route
-        if not route.allows(method):
-            return self.refuse(method_not_allowed(route), ctx)
+        denial = method_denial(route, method)
+        if denial is not None:
+            return self.refuse(denial, ctx)
         if not route.auth_required:
             return self.allow(None, ctx)
-        attempt = build_attempt(
-            snapshot, route, method, path, headers, request.remote, ctx.peer_trusted
+        attempt = attempt_for(
+            ctx,
+            headers,
+            snapshot.trusted_proxies,
+            route_name=route.name,
+            required_permission=route.required_permission(method),
+            route_rate_limit=route.rate_limit,
+            method=method,
+            path=path,
         )
         result = await self.runtime.pipeline.authenticate(attempt)
         if isinstance(result, Denial):
+            if attempt.key is not None:
+                ctx.key_id = attempt.key.id
             return self.refuse(result, ctx)
         return self.allow(result, ctx)
 
@@ -103,6 +113,7 @@ class ForwardAuth:
         out = response.headers
         out["X-Request-Id"] = ctx.request_id
         out["Cache-Control"] = "no-store"
+        out["Server"] = SERVER
         if principal is not None:
             ctx.principal = principal
             for name, value in principal.key.upstream_headers:

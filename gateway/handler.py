@@ -1,297 +1,392 @@
-"""The public port's request handler: SPEC §4's pipeline, then forward (or answer)."""
+"""The public port's request handler: SPEC §4's checks in order, then forward (or answer).
+
+One path for every request: the front checks (head sizes, request target,
+HTTPS, path) on a :class:`~gateway.pipeline.RequestContext`; then either a
+path the gateway answers itself (management, forward auth, dashboard), or a
+route: route, method, declared size, then the key's checks through
+:meth:`~gateway.pipeline.Pipeline.authenticate`, and only then
+``100 Continue`` and the upstream. Every answer, whatever happened, is
+counted in the metrics and written to the access log.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import secrets
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
+from .checks.head import head_denial
 from .checks.https import is_https
-from .checks.ip import client_ip, in_networks, parse_ip
-from .denials import Denial, error_response
-from .pipeline import Attempt, Principal
-from .proxy.breaker import breaker_for, circuit_open
-from .proxy.forward import PayloadTooLarge, UpstreamBrokeOff, UpstreamFailure, forward
-from .proxy.headers import upstream_request_headers
-from .proxy.paths import PathError, normalise_path
+from .checks.ip import in_networks, parse_ip
+from .checks.route import ROUTE_NOT_FOUND, method_denial, size_denial, too_large
+from .checks.target import TargetError, split_target, strict_target, target_denial
+from .compat.aiohttp import (
+    BadHttpMessage,
+    GatewayConnection,
+    line_too_long_limit,
+    response_started,
+)
+from .denials import SERVER, Denial, error_response
+from .pipeline import RequestContext, attempt_for
+from .proxy.breaker import circuit_open
+from .proxy.forward import (
+    BODYLESS_METHODS,
+    CONTINUE,
+    BodyStalled,
+    ClientGone,
+    Exchange,
+    PayloadTooLarge,
+    UpstreamBrokeOff,
+    UpstreamFailure,
+    forward,
+)
+from .proxy.headers import upstream_head
 from .routing import Route
 from .runtime import Runtime, Snapshot
 
 log = logging.getLogger("gateway.handler")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 HTTPS_REQUIRED = Denial("https_required")
-BAD_PATH = Denial("bad_request")
-ROUTE_NOT_FOUND = Denial("route_not_found")
-TOO_LARGE = Denial("payload_too_large")
-URI_TOO_LONG = Denial("uri_too_long")
-HEADERS_TOO_LARGE = Denial("request_header_fields_too_large")
-
-LocalHandler = Callable[[web.BaseRequest, "RequestContext"], Awaitable[web.StreamResponse]]
-
-
-class _RequestIds:
-    """Generated request ids: a random per-process prefix and a counter (unique, cheap)."""
-
-    def __init__(self) -> None:
-        self._pid = 0
-        self._prefix = ""
-        self._seq = 0
-
-    def next(self) -> str:
-        pid = os.getpid()
-        if pid != self._pid:  # a new process (fork): a new prefix
-            self._pid, self._prefix, self._seq = pid, secrets.token_hex(6), 0
-        self._seq += 1
-        return f"req_{self._prefix}{self._seq:012x}"
-
-
-_ids = _RequestIds()
-
-
-def request_id_of(request: web.BaseRequest) -> str:
-    given = request.headers.get("X-Request-Id")
-    if given and _REQUEST_ID.match(given):
-        return given
-    return _ids.next()
-
-
-class RequestContext:
-    """What the pipeline learned about one request, shared with local handlers."""
-
-    __slots__ = (
-        "request_id",
-        "path",
-        "query",
-        "peer_trusted",
-        "https",
-        "route",
-        "principal",
-        "code",
-    )
-
-    def __init__(self, request_id: str, path: str, query: str, peer_trusted: bool, https: bool):
-        self.request_id = request_id
-        self.path = path
-        self.query = query
-        self.peer_trusted = peer_trusted
-        self.https = https
-        self.route = None
-        self.principal: Principal | None = None
-        self.code: str | None = None
+REQUEST_TIMEOUT = Denial("request_timeout")
+MALFORMED = Denial("invalid_request", message="Malformed HTTP request")
+INTERNAL = Denial("internal_error")
 
 
 class PublicHandler:
+    """The handler of ``web.Server`` on the public port."""
+
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        connection = request.protocol
+        if not isinstance(connection, GatewayConnection):
+            connection = None
+        else:
+            connection.request_began()
+        try:
+            response = await self.handle(request, connection)
+            if connection is not None and connection.draining:
+                response.force_close()
+            return response
+        finally:
+            if connection is not None:
+                connection.request_ended()
+
+    async def handle(
+        self, request: web.BaseRequest, connection: GatewayConnection | None
+    ) -> web.StreamResponse:
         started = time.perf_counter()
         rt = self.runtime
         snapshot = rt.snapshot
-        server = snapshot.config.server
-        request_id = request_id_of(request)
-        peer = request.remote
+        ctx = RequestContext(
+            rt.request_ids.of(request.headers.get("X-Request-Id")), request.method, request.remote
+        )
         route_name = "-"
-        key_id = None
-        code: str | None = None
-        ctx: RequestContext | None = None
         try:
-            denial, ctx = self._precheck(request, request_id, peer)
-            if denial is None:
-                assert ctx is not None
-                local = snapshot.local_handler(ctx.path)
+            denial = self.front(request, ctx, snapshot)
+            if denial is not None:
+                response = self.refuse(denial, ctx)
+                if denial.code == "bad_request":
+                    response.force_close()  # CONNECT, absolute or asterisk form: no second request
+            else:
+                local = snapshot.local_handler(ctx.match_path)
                 if local is not None:
                     route_name = "management"
                     response = await local(request, ctx)
-                    code = ctx.code
-                    if ctx.principal is not None:
-                        key_id = ctx.principal.key.id
                 else:
-                    response, route_name, key_id, code = await self._proxy(request, ctx, peer)
-            else:
-                response = error_response(denial, request_id)
-                code = denial.code
-        except web.HTTPException:
-            raise
+                    response = await self.proxy(request, ctx, snapshot, connection)
+                    if ctx.route is not None:
+                        route_name = ctx.route.name
         except Exception:
             log.exception(
-                "unexpected error handling %s %s", request.method, rt.access_log.mask(request_id)
+                "unexpected error handling %s %s",
+                request.method,
+                rt.access_log.mask(ctx.request_id),
             )
-            denial = Denial("internal_error")
-            response = error_response(denial, request_id)
-            code = denial.code
-        duration = time.perf_counter() - started
-        rt.metrics.observe(route_name, code or "ok", duration, code)
-        if server.access_log:
-            rt.access_log.write(
-                method=request.method,
-                path=ctx.path if ctx is not None else "-",
-                status=response.status,
-                duration=duration,
-                request_id=rt.access_log.mask(request_id),  # a client may send its key as the id
-                client_ip=peer,
-                key_id=key_id,
-                route=route_name,
-                code=code,
-            )
+            response = self.refuse(INTERNAL, ctx)
+        self.observe(request, ctx, response.status, route_name, started)
         return response
 
-    def _precheck(self, request: web.BaseRequest, request_id: str, peer: str | None):
-        snapshot = self.runtime.snapshot
+    def observe(
+        self, request: web.BaseRequest, ctx: RequestContext, status: int, route: str, started: float
+    ) -> None:
+        rt = self.runtime
+        duration = time.perf_counter() - started
+        code = ctx.code
+        rt.metrics.observe(route, code or "ok", duration, code)
+        if rt.snapshot.config.server.access_log:
+            principal = ctx.principal
+            rt.access_log.write(
+                method=request.method,
+                path=ctx.path,
+                status=status,
+                duration=duration,
+                request_id=rt.access_log.mask(ctx.request_id),  # never a key sent as the id
+                client_ip=ctx.peer,
+                key_id=principal.key.id if principal is not None else ctx.key_id,
+                route=route,
+                code=code,
+            )
+
+    @staticmethod
+    def refuse(denial: Denial, ctx: RequestContext) -> web.Response:
+        ctx.code = denial.code
+        return error_response(denial, ctx.request_id)
+
+    # -- the front checks: every request, before anything is looked up
+
+    def front(
+        self, request: web.BaseRequest, ctx: RequestContext, snapshot: Snapshot
+    ) -> Denial | None:
         server = snapshot.config.server
         raw = request.raw_path
-        if len(raw) > server.max_url_bytes:
-            return URI_TOO_LONG, None
-        raw_headers = request.raw_headers
-        if len(raw_headers) > server.max_header_count:
-            return HEADERS_TOO_LARGE, None
-        for name, value in raw_headers:
-            if len(name) + len(value) > server.max_header_bytes:
-                return HEADERS_TOO_LARGE, None
+        denial = head_denial(raw, request.raw_headers, server)
+        if denial is not None:
+            return denial
+        try:
+            strict_target(raw)  # before any check (SPEC §6)
+        except TargetError as exc:
+            return target_denial(exc)
         trusted = snapshot.trusted_proxies
-        peer_trusted = bool(trusted) and _trusted(peer, trusted)
-        https = is_https(
-            request.transport is not None
-            and request.transport.get_extra_info("sslcontext") is not None,
+        peer_trusted = bool(trusted) and _trusted(ctx.peer, trusted)
+        ctx.peer_trusted = peer_trusted
+        transport = request.transport
+        ctx.https = is_https(
+            transport is not None and transport.get_extra_info("sslcontext") is not None,
             peer_trusted,
             request.headers.getall("X-Forwarded-Proto", []) if peer_trusted else [],
         )
-        if server.require_https and not https:
-            return HTTPS_REQUIRED, None
-        raw_path, _, query = raw.partition("?")
+        if server.require_https and not ctx.https:
+            return HTTPS_REQUIRED
         try:
-            path = normalise_path(raw_path)
-        except PathError as exc:
-            return Denial("bad_request", {"reason": str(exc)}), None
-        return None, RequestContext(request_id, path, query, peer_trusted, https)
+            path, match_path, query = split_target(raw)
+        except TargetError as exc:
+            return target_denial(exc)
+        ctx.path, ctx.match_path, ctx.query = path, match_path, query
+        return None
 
-    async def _proxy(self, request: web.BaseRequest, ctx: RequestContext, peer: str | None):
+    # -- a route: checks, then the upstream
+
+    async def proxy(
+        self,
+        request: web.BaseRequest,
+        ctx: RequestContext,
+        snapshot: Snapshot,
+        connection: GatewayConnection | None,
+    ) -> web.StreamResponse:
         rt = self.runtime
-        snapshot = rt.snapshot
         server = snapshot.config.server
-        route = snapshot.router.match(ctx.path)
+        route = snapshot.router.match(ctx.match_path)
         if route is None:
-            return error_response(ROUTE_NOT_FOUND, ctx.request_id), "-", None, ROUTE_NOT_FOUND.code
-        method = request.method
-        if not route.allows(method):
-            denial = method_not_allowed(route)
-            return error_response(denial, ctx.request_id), route.name, None, denial.code
-        length = request.content_length
-        if length is not None and length > server.max_body_bytes:
-            denial = Denial("payload_too_large", {"max_body_bytes": server.max_body_bytes})
-            return error_response(denial, ctx.request_id), route.name, None, denial.code
-        principal: Principal | None = None
-        identity: tuple[tuple[str, str], ...] = ()
+            return self.refuse(ROUTE_NOT_FOUND, ctx)
+        ctx.route = route
+        method = ctx.method
+        denial = method_denial(route, method) or size_denial(
+            request.content_length, server.max_body_bytes
+        )
+        if denial is not None:
+            return self.refuse(denial, ctx)
+        headers = request.headers
+        identity = b""
         extra: dict[str, str] | None = None
+        mode = None
         if route.auth_required:
-            attempt = build_attempt(
-                snapshot, route, method, ctx.path, request.headers, peer, ctx.peer_trusted
+            attempt = attempt_for(
+                ctx,
+                headers,
+                snapshot.trusted_proxies,
+                route_name=route.name,
+                required_permission=route.required_permission(method),
+                route_rate_limit=route.rate_limit,
             )
             result = await rt.pipeline.authenticate(attempt)
-            key_id = attempt.key.id if attempt.key is not None else None
             if isinstance(result, Denial):
-                return error_response(result, ctx.request_id), route.name, key_id, result.code
-            principal = result
-            identity = principal.key.upstream_headers
-            if principal.rate is not None:
-                extra = principal.rate.headers()
-        forwarded_host = request.headers.get("X-Forwarded-Host") if ctx.peer_trusted else None
-        headers = upstream_request_headers(
-            request.headers,
-            forward_authorization=route.forward_authorization,
-            identity=identity,
-            request_id=ctx.request_id,
-            peer=peer,
-            proto="https" if ctx.https else "http",
-            host=forwarded_host or request.headers.get("Host"),
-        )
-        mode = principal.key.record.mode if principal is not None else None
-        upstream = route.upstream_for(mode)
-        url = upstream + route.upstream_path(ctx.path)
-        if ctx.query:
-            url += "?" + ctx.query
-        key_id = principal.key.id if principal is not None else None
-        breaker = breaker_for(rt.extras, route, upstream) if route.circuit_breaker else None
+                if attempt.key is not None:
+                    ctx.key_id = attempt.key.id
+                return self.refuse(result, ctx)
+            ctx.principal = result
+            identity = result.key.upstream_head
+            mode = result.key.record.mode
+            if result.rate is not None:
+                extra = result.rate.headers()
+        target = route.target_for(mode)
+        breaker = rt.breakers.of(route, target.origin) if route.circuit_breaker else None
         if breaker is not None and not breaker.allow():
             rt.metrics.upstream_errors.labels(route.name, "circuit_open").inc()
-            denial = circuit_open(breaker)
-            return error_response(denial, ctx.request_id), route.name, key_id, denial.code
+            return self._with(self.refuse(circuit_open(breaker), ctx), extra)
+        exchange = self.exchange(request, ctx, route, identity, extra, mode)
+        if (
+            exchange.body != "none"
+            and request.version >= (1, 1)
+            and headers.get("Expect", "").lower() == "100-continue"
+            and request.transport is not None
+        ):
+            request.transport.write(CONTINUE)  # only now: the request passed every check
         try:
-            response = await forward(
-                request,
-                rt.session,
-                url=url,
-                headers=headers,
-                timeout=route.timeout,
-                max_body=server.max_body_bytes,
-                extra_headers={"X-Request-Id": ctx.request_id, **(extra or {})},
-            )
+            response = await forward(request, connection, rt.pool, exchange)
         except PayloadTooLarge:
-            denial = Denial("payload_too_large", {"max_body_bytes": server.max_body_bytes})
-            response = error_response(denial, ctx.request_id)
-            response.headers.update(extra or {})  # the request counted against its limits
-            return response, route.name, key_id, denial.code
+            return self._closing(
+                self._with(self.refuse(too_large(server.max_body_bytes), ctx), extra)
+            )
+        except BodyStalled:
+            return self._closing(self._with(self.refuse(REQUEST_TIMEOUT, ctx), extra))
+        except ClientGone:
+            return self._closing(self._with(self.refuse(MALFORMED, ctx), extra))
         except UpstreamFailure as failure:
             if breaker is not None:
                 breaker.failure()
             rt.metrics.upstream_errors.labels(route.name, failure.kind).inc()
-            response = error_response(failure.denial, ctx.request_id)
-            response.headers.update(extra or {})
-            return response, route.name, key_id, failure.denial.code
+            return self._with(self.refuse(failure.denial, ctx), extra)
         except UpstreamBrokeOff as broken:
             if breaker is not None:
                 breaker.failure()
             rt.metrics.upstream_errors.labels(route.name, "broken").inc()
+            ctx.code = "upstream_unavailable"
             log.warning(
                 "upstream of route %s broke off the response to %s; client connection closed",
                 route.name,
                 rt.access_log.mask(ctx.request_id),
             )  # the path is not logged: it may hold a key
-            return broken.response, route.name, key_id, "upstream_unavailable"
+            return broken.response
         if breaker is not None:
             breaker.success()
-        return response, route.name, key_id, None
+        return response
+
+    def exchange(
+        self,
+        request: web.BaseRequest,
+        ctx: RequestContext,
+        route: Route,
+        identity: bytes,
+        extra: dict[str, str] | None,
+        mode: str | None,
+    ) -> Exchange:
+        """The upstream request for ``request``: target, head with the gateway's framing."""
+        server = self.runtime.snapshot.config.server
+        target = route.target_for(mode)
+        path = target.base + route.upstream_path(ctx.path)
+        if ctx.query:
+            path = f"{path}?{ctx.query}"
+        method = ctx.method
+        if request.body_exists:
+            length = request.content_length
+            if length is not None:
+                body, framing = "length", b"Content-Length: %d\r\n" % length
+            else:
+                body, framing = "chunked", b"Transfer-Encoding: chunked\r\n"
+        else:
+            body = "none"
+            framing = b"" if method in BODYLESS_METHODS else b"Content-Length: 0\r\n"
+        if target.authorization is not None and not route.forward_authorization:
+            identity += b"Authorization: " + target.authorization + b"\r\n"
+        headers = request.headers
+        host = headers.get("Host")
+        forwarded_host = headers.get("X-Forwarded-Host") if ctx.peer_trusted else None
+        proto = "https" if ctx.https else "http"
+        origin = self.runtime.pool.origin(target.origin)
+        head = upstream_head(
+            f"{method} {path} HTTP/1.1\r\n".encode(),
+            request.raw_headers,
+            host=origin.host_header,
+            forward_authorization=route.forward_authorization,
+            identity=identity,
+            request_id=ctx.request_id,
+            peer=ctx.peer,
+            proto=proto.encode(),
+            forwarded_host=(forwarded_host or host or "").encode() or None,
+            framing=framing,
+        )
+        client_origin = f"{proto}://{host}".encode() if host else None
+        response_extra = {"X-Request-Id": ctx.request_id}
+        if extra:
+            response_extra.update(extra)
+        return Exchange(
+            origin=origin,
+            head=head,
+            body=body,
+            timeout=route.timeout,
+            max_body=server.max_body_bytes,
+            body_idle_timeout=server.body_idle_timeout,
+            extra_headers=response_extra,
+            relocate=lambda location: target.relocate(location, route, client_origin),
+        )
+
+    @staticmethod
+    def _with(response: web.Response, extra: dict[str, str] | None) -> web.Response:
+        """A refusal after the rate limit counted the request carries its headers."""
+        if extra:
+            response.headers.update(extra)
+        return response
+
+    @staticmethod
+    def _closing(response: web.Response) -> web.Response:
+        """The client's body was not read to its end: the connection cannot carry another request."""
+        response.force_close()
+        return response
+
+    # -- what aiohttp's parser refused, in the same envelope and log
+
+    def parser_refusal(
+        self, request: web.BaseRequest, status: int, exc: BaseException | None
+    ) -> web.StreamResponse | None:
+        if response_started(request):
+            return None
+        server = self.runtime.snapshot.config.server
+        if status == 400 and isinstance(exc, BadHttpMessage):
+            limit = line_too_long_limit(exc)
+            if limit is not None:
+                code = (
+                    "uri_too_long"
+                    if limit == url_parser_limit(server)
+                    else ("request_header_fields_too_large")
+                )
+                denial = Denial(code)
+            elif "Too many headers" in str(exc):
+                denial = Denial("request_header_fields_too_large")
+            else:
+                denial = MALFORMED
+            log.debug("refused a malformed request from %s: %s", request.remote, exc)
+        elif status >= 500:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+            denial = INTERNAL
+        else:
+            return None
+        ctx = RequestContext(self.runtime.request_ids.next(), request.method, request.remote)
+        response = self.refuse(denial, ctx)
+        self.observe(request, ctx, response.status, "-", time.perf_counter())
+        return response
 
 
-def method_not_allowed(route: Route) -> Denial:
-    return Denial(
-        "method_not_allowed",
-        {"allowed": sorted(route.methods or ())},
-        {"Allow": route.allow_header},
-    )
+PARSER_HEADROOM = 1024
+"""aiohttp's parser limits sit this far above the gateway's own, so the gateway answers first."""
 
 
-def build_attempt(
-    snapshot: Snapshot,
-    route: Route,
-    method: str,
-    path: str,
-    headers: CIMultiDictProxy[str],
-    peer: str | None,
-    peer_trusted: bool,
-) -> Attempt:
-    """What a request presents to the pipeline (shared by the proxy and forward auth)."""
-    return Attempt(
-        method=method,
-        path=path,
-        authorization=headers.getall("Authorization", []),
-        client_ip=client_ip(peer, headers.getall("X-Forwarded-For", []), snapshot.trusted_proxies)
-        if peer_trusted
-        else parse_ip(peer),
-        referer=headers.get("Referer") or headers.get("Origin"),
-        route_name=route.name,
-        required_permission=route.required_permission(method),
-        route_rate_limit=route.rate_limit,
-    )
+def url_parser_limit(server) -> int:
+    return server.max_url_bytes + PARSER_HEADROOM
+
+
+def parser_limits(server) -> dict[str, int]:
+    """aiohttp parser limits for ``server``: above the gateway's limits, but bounded.
+
+    The request line and header limits differ by at least one byte so that a
+    ``LineTooLong`` from the parser tells which of the two overflowed.
+    """
+    url = url_parser_limit(server)
+    field = server.max_header_bytes + PARSER_HEADROOM
+    if field == url:
+        field += 1
+    return {
+        "max_line_size": url,
+        "max_field_size": field,
+        "max_headers": server.max_header_count + 16,
+    }
 
 
 def _trusted(peer: str | None, trusted) -> bool:
     address = parse_ip(peer)
     return address is not None and in_networks(address, trusted)
+
+
+__all__ = ["PublicHandler", "SERVER", "parser_limits"]

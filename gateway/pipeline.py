@@ -1,9 +1,11 @@
 """The request pipeline of SPEC §4 from credentials to rate limit.
 
-Used by the proxy, the management API and forward auth alike: each asks
-:meth:`Pipeline.authenticate` for a :class:`Principal` or a :class:`Denial`
-and answers in its own way. Checks run in the SPEC's order; only faults
-(the store down) raise.
+Every entry point (the proxy, the management API, forward auth) first runs
+the front checks of :mod:`gateway.checks.front` on a :class:`RequestContext`,
+then builds one :class:`Attempt` with :func:`attempt_for` and asks
+:meth:`Pipeline.authenticate` for a :class:`Principal` or a :class:`Denial`;
+:func:`gateway.denials.error_response` is the one way a denial is answered.
+Checks run in the SPEC's order; only faults (the store down) raise.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from .checks.credentials import bearer_token
 from .checks.endpoint import endpoint_allowed
-from .checks.ip import IPAddress, ip_allowed
+from .checks.ip import IPAddress, client_ip, ip_allowed, parse_ip
 from .checks.key_status import key_status_denial
 from .checks.permission import permission_denial
 from .checks.referrer import referrer_allowed
-from .denials import Denial
+from .denials import BACKEND_DOWN, Denial
 from .keys.cache import KeyCache
 from .keys.format import hash_secret, parse_mode
 from .keys.model import CompiledKey
@@ -31,7 +33,6 @@ INVALID_KEY = Denial("invalid_api_key")
 IP_NOT_ALLOWED = Denial("ip_not_allowed")
 REFERRER_NOT_ALLOWED = Denial("referrer_not_allowed")
 ENDPOINT_NOT_ALLOWED = Denial("endpoint_not_allowed")
-BACKEND_DOWN = Denial("auth_backend_unavailable", headers={"Retry-After": "5"})
 
 
 @dataclass(slots=True)
@@ -56,6 +57,69 @@ class Attempt:
     required_permission: str | None
     route_rate_limit: object | None = None
     key: CompiledKey | None = field(default=None)
+
+
+class RequestContext:
+    """What the front checks learned about one request; shared with the local handlers."""
+
+    __slots__ = (
+        "request_id",
+        "method",
+        "path",
+        "match_path",
+        "query",
+        "peer",
+        "peer_trusted",
+        "https",
+        "route",
+        "principal",
+        "key_id",
+        "code",
+    )
+
+    def __init__(self, request_id: str, method: str, peer: str | None):
+        self.request_id = request_id
+        self.method = method
+        self.peer = peer
+        self.path = "-"  # the normalised path, as forwarded
+        self.match_path = "-"  # the same without ``;`` parameters: what routes and checks see
+        self.query = ""
+        self.peer_trusted = False
+        self.https = False
+        self.route = None
+        self.principal: Principal | None = None
+        self.key_id: str | None = None  # the key identified, also when it was refused
+        self.code: str | None = None
+
+
+def attempt_for(
+    ctx: RequestContext,
+    headers,
+    trusted_proxies,
+    *,
+    route_name: str,
+    required_permission: str | None,
+    route_rate_limit: object | None = None,
+    method: str | None = None,
+    path: str | None = None,
+) -> Attempt:
+    """What a request presents to :meth:`Pipeline.authenticate` (every entry point builds it here).
+
+    ``method`` and ``path`` default to the request's own; forward auth passes
+    the original request's.
+    """
+    return Attempt(
+        method=method or ctx.method,
+        path=path or ctx.match_path,
+        authorization=headers.getall("Authorization", []),
+        client_ip=client_ip(ctx.peer, headers.getall("X-Forwarded-For", []), trusted_proxies)
+        if ctx.peer_trusted
+        else parse_ip(ctx.peer),
+        referer=headers.get("Referer") or headers.get("Origin"),
+        route_name=route_name,
+        required_permission=required_permission,
+        route_rate_limit=route_rate_limit,
+    )
 
 
 class Pipeline:

@@ -2,11 +2,62 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from .config.schema import HTTP_METHODS, Config, RouteConfig
 from .config.units import Rate
 from .proxy.paths import match_prefix
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """An upstream URL taken apart once: where to connect, the base path, its credentials."""
+
+    origin: str  # scheme://host[:port], no userinfo
+    base: str  # the URL's path, "" for none
+    authorization: bytes | None  # from user:password in the URL
+
+    @classmethod
+    def parse(cls, url: str) -> UpstreamTarget:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        authorization = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = b"Basic " + base64.b64encode(pair.encode())
+        return cls(f"{parts.scheme}://{netloc}", parts.path.rstrip("/"), authorization)
+
+    def relocate(self, location: bytes, route: Route, client_origin: bytes | None) -> bytes:
+        """A ``Location`` from this upstream as the client should see it (SPEC §5).
+
+        One pointing at the upstream's origin gets the client's origin instead
+        (or becomes path-absolute when the client sent no ``Host``); on either,
+        the upstream's base path is taken off and a stripped route prefix put
+        back, as nginx's ``proxy_redirect default`` does.
+        """
+        origin = self.origin.encode()
+        if location.startswith(origin) and location[len(origin) : len(origin) + 1] in (
+            b"",
+            b"/",
+            b"?",
+        ):
+            rest = location[len(origin) :] or b"/"
+            absolute = True
+        elif location.startswith(b"/") and not location.startswith(b"//"):
+            rest = location
+            absolute = False
+        else:
+            return location  # another host's, or relative: theirs to keep
+        base = self.base.encode()
+        if base and (rest == base or rest.startswith((base + b"/", base + b"?"))):
+            rest = rest[len(base) :] or b"/"
+        if route.strip_prefix and route.match != "/":
+            rest = route.match.encode() + rest
+        if absolute and client_origin:
+            return client_origin + rest
+        return rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +75,9 @@ class Route:
     timeout: float
     forward_authorization: bool
     circuit_breaker: tuple[int, float] | None = None  # (failures, cooldown)
+    target: UpstreamTarget | None = None
+    test_target: UpstreamTarget | None = None
+    strip_segments: int = 0  # path segments the match takes off with strip_prefix
 
     @classmethod
     def build(cls, cfg: RouteConfig) -> Route:
@@ -47,6 +101,9 @@ class Route:
             circuit_breaker=(cfg.circuit_breaker.failures, cfg.circuit_breaker.cooldown)
             if cfg.circuit_breaker
             else None,
+            target=UpstreamTarget.parse(cfg.upstream),
+            test_target=UpstreamTarget.parse(cfg.test_upstream) if cfg.test_upstream else None,
+            strip_segments=0 if cfg.match == "/" else cfg.match.count("/"),
         )
 
     def allows(self, method: str) -> bool:
@@ -57,15 +114,20 @@ class Route:
             return None
         return self.permissions.get(method) or self.permissions.get("*")
 
-    def upstream_for(self, mode: str | None) -> str:
-        if mode == "test" and self.test_upstream:
-            return self.test_upstream
-        return self.upstream
+    def target_for(self, mode: str | None) -> UpstreamTarget:
+        if mode == "test" and self.test_target is not None:
+            return self.test_target
+        assert self.target is not None
+        return self.target
 
     def upstream_path(self, path: str) -> str:
+        """The path the upstream receives for the normalised ``path`` (its ``;`` parameters kept)."""
         if not self.strip_prefix or self.match == "/":
             return path
-        rest = path[len(self.match) :]
+        if path.startswith(self.match) and path[len(self.match) : len(self.match) + 1] in ("", "/"):
+            rest = path[len(self.match) :]
+        else:  # the prefix carries parameters: take off whole segments
+            rest = "/" + "/".join(path.split("/")[self.strip_segments + 1 :])
         return rest if rest.startswith("/") else "/" + rest
 
 

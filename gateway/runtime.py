@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import aiohttp
+from typing import Any
 
 from .checks.ip import Network
 from .config.schema import Config
 from .keys.cache import KeyCache
+from .keys.invalidation import InvalidationListener
 from .keys.model import CompiledKey
 from .keys.service import KeyService
 from .keys.store import KeyStore
 from .ops.accesslog import AccessLog
 from .ops.metrics import Metrics
+from .pipeline import Pipeline
+from .proxy.breaker import Breakers
+from .proxy.upstream import UpstreamPool
+from .ratelimit import RateLimiter
+from .request_id import RequestIds
 from .routing import Router
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
-
+from .usage import UsageRecorder
 
 LocalHandler = Callable[..., Awaitable[Any]]
 
@@ -54,15 +55,25 @@ class Snapshot:
 
 @dataclass
 class Runtime:
+    """One worker's live state. Built by :func:`gateway.app.open_runtime`, read by every request."""
+
     snapshot: Snapshot
     store: KeyStore
     cache: KeyCache
     service: KeyService
     metrics: Metrics
     access_log: AccessLog
-    pipeline: Pipeline | None = None
-    session: aiohttp.ClientSession | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    pipeline: Pipeline
+    limiter: RateLimiter
+    usage: UsageRecorder
+    pool: UpstreamPool = field(default_factory=UpstreamPool)
+    breakers: Breakers = field(default_factory=Breakers)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    invalidation: InvalidationListener | None = None
+    config_path: str | None = None
+    reload: Callable[[], None] | None = None  # SIGHUP asks for a reload through this
+    worker: int | None = None
+    draining: bool = False  # /readyz answers 503 from the moment this is set
 
     @property
     def config(self) -> Config:

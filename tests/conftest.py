@@ -29,7 +29,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import RUNTIME, create_app
+from gateway.app import GatewayApp
 from gateway.config import Config, parse_config
 from gateway.demo.upstream import create_upstream
 from gateway.keys.audit import AuditLog
@@ -40,6 +40,15 @@ from gateway.store.connection import StoreHandle
 from gateway.store.embedded import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
+SESSION_PREFIX = f"gwtest:{uuid.uuid4().hex[:8]}:"
+"""Every key this test session writes is under it; two sessions on one Redis never touch
+each other's keys."""
+
+
+def unique_key_prefix() -> str:
+    """A key prefix of its own for one test (or one process it starts)."""
+    return f"{SESSION_PREFIX}{uuid.uuid4().hex[:12]}:"
+
 OUTPUT = ROOT / "test-output"
 
 
@@ -65,14 +74,14 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _sweep_test_keys(redis_url: str) -> Iterator[None]:
-    """After the session, delete every ``gwtest:`` key still in the store: a gateway
+    """After the session, delete every key of this session still in the store: a gateway
     process may flush usage after a test's own clean-up has run."""
     yield
     import redis
 
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match="gwtest:*", count=1000))
+        keys = list(client.scan_iter(match=SESSION_PREFIX + "*", count=1000))
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
     except redis.RedisError:
@@ -83,7 +92,7 @@ def _sweep_test_keys(redis_url: str) -> Iterator[None]:
 
 @pytest.fixture
 def key_prefix() -> str:
-    return f"gwtest:{uuid.uuid4().hex[:12]}:"
+    return unique_key_prefix()
 
 
 async def drop_prefix(redis_url: str, prefix: str) -> None:
@@ -147,19 +156,19 @@ def upstream_url(server: TestServer) -> str:
 
 
 class Gateway:
-    """A gateway app running in this test's event loop on a real loopback socket."""
+    """A gateway running in this test's event loop on a real loopback socket."""
 
-    def __init__(self, server: TestServer, config: Config):
-        self.server = server
+    def __init__(self, app: GatewayApp, config: Config):
+        self.app = app
         self.config = config
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.port}"
+        return f"http://127.0.0.1:{self.app.port}"
 
     @property
     def runtime(self) -> Runtime:
-        return self.server.app[RUNTIME]
+        return self.app.runtime
 
     @property
     def service(self) -> KeyService:
@@ -168,22 +177,39 @@ class Gateway:
 
 @pytest.fixture
 async def start_gateway(redis_client: aioredis.Redis) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[TestServer] = []
+    async with gateways() as start:
+        yield start
+
+
+def plain_store(config: Config) -> StoreHandle:
+    """The test Redis through a plain client (no fail-fast connection class)."""
+    url = config.redis.url
+    return StoreHandle(aioredis.Redis.from_url(url, decode_responses=True), None, url)
+
+
+@contextlib.asynccontextmanager
+async def gateways(
+    store_factory: Callable[[Config], StoreHandle] | None = plain_store,
+) -> AsyncIterator[Callable[[dict[str, Any]], Any]]:
+    """``start(config_data)`` runs the real gateway in this loop on a loopback port; all
+    started are closed on exit. ``store_factory=None`` opens the store as ``serve`` does."""
+    apps: list[GatewayApp] = []
 
     async def start(config_data: dict[str, Any]) -> Gateway:
         config = parse_config(config_data)
-        app = create_app(config, store_factory=lambda c: StoreHandle(
-            aioredis.Redis.from_url(c.redis.url, decode_responses=True), None, c.redis.url))  # fmt: skip
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        listener = server.app[RUNTIME].extras["invalidation"]
-        await asyncio.wait_for(listener.connected.wait(), 5)
-        return Gateway(server, config)
+        app = GatewayApp(config, store_factory=store_factory)
+        apps.append(app)
+        runtime = await app.start()
+        await app.listen("127.0.0.1", 0)
+        assert runtime.invalidation is not None
+        await asyncio.wait_for(runtime.invalidation.connected.wait(), 10)
+        return Gateway(app, config)
 
-    yield start
-    for server in servers:
-        await server.close()
+    try:
+        yield start
+    finally:
+        for app in apps:
+            await app.close()
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ async def gw(start_gateway, base_config, upstream):
 
 @pytest.fixture
 async def admin(gw):
-    server = TestServer(create_admin_app(gw.server.app), host="127.0.0.1")
+    server = TestServer(create_admin_app(lambda: gw.runtime), host="127.0.0.1")
     await server.start_server()
     yield f"http://127.0.0.1:{server.port}"
     await server.close()
@@ -164,7 +164,7 @@ class TestMetrics:
                 ]
             )  # fmt: skip
         )
-        server = TestServer(create_admin_app(gw.server.app), host="127.0.0.1")
+        server = TestServer(create_admin_app(lambda: gw.runtime), host="127.0.0.1")
         await server.start_server()
         try:
             async with http.get(gw.url + "/gone/x") as resp:

@@ -354,7 +354,7 @@ async def test_decisions_are_counted_in_usage_like_proxied_requests(gw, http):
     assert (await ask(http, gw, "GET", "/v1/users", bearer(secret)))[0] == 200
     assert (await ask(http, gw, "GET", "/v1/users", bearer(secret), "envoy"))[0] == 200
     assert (await ask(http, gw, "GET", "/v1/users/9", bearer(secret)))[0] == 403
-    await gw.runtime.extras["usage"].flush()
+    await gw.runtime.usage.flush()
     record = await gw.runtime.store.get_key(key_id)
     today = (await gw.service.usage_days(record, 1))[0]
     assert (today["allowed"], today["denied"], today["rate_limited"]) == (2, 1, 0)

@@ -14,13 +14,19 @@ import asyncio
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import GatewayProcess, drop_prefix, free_port, service_for, write_config
+from conftest import (
+    GatewayProcess,
+    drop_prefix,
+    free_port,
+    service_for,
+    unique_key_prefix,
+    write_config,
+)
 from faultkit import FaultUpstream, ThreadedUpstream, raw_exchange
 
 from gateway.config import parse_config
@@ -53,7 +59,7 @@ class Target:
 @pytest.fixture(scope="module")
 def target(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp: Path = tmp_path_factory.mktemp("limits")
-    prefix = f"gwtest:{uuid.uuid4().hex[:12]}:"
+    prefix = unique_key_prefix()
     with ThreadedUpstream() as upstream:
         port, admin_port = free_port(), free_port()
         data = {

@@ -508,7 +508,7 @@ async def test_usage_reads_counts_through_the_usage_source(admin, http):
             asked.append((key_record.id, days))
             return [{"date": today, "allowed": 7, "denied": 2, "rate_limited": 1}]
 
-    gw.runtime.extras["usage"] = Counts()
+    gw.runtime.usage = Counts()
     async with http.get(gw.url + f"/v1/api-keys/{key_id}/usage", headers=headers) as resp:
         days = (await resp.json())["data"]["days"]
     assert asked == [(key_id, 30)]

@@ -119,7 +119,7 @@ async def test_local_mode_keeps_enforcing_in_each_worker(
         assert (await resp.json())["error"]["details"]["limit"] == "3/minute"
         assert int(resp.headers["Retry-After"]) >= 1
         assert resp.headers["X-RateLimit-Remaining"] == "0"
-    assert gw.runtime.extras["limiter"].degraded
+    assert gw.runtime.limiter.degraded
 
 
 async def test_allow_mode_lets_cached_keys_through(
@@ -150,7 +150,7 @@ async def test_deny_mode_answers_429_not_503_and_recovers(
             break
         await asyncio.sleep(0.2)
     assert got == [200]
-    assert not gw.runtime.extras["limiter"].degraded
+    assert not gw.runtime.limiter.degraded
 
 
 async def test_a_real_gateway_keeps_serving_while_redis_is_killed_mid_traffic(

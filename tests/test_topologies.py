@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 from conftest import (
     Gateway,
     bearer,
+    gateways,
     new_account,
     new_key,
     run_cli,
@@ -34,7 +35,6 @@ from conftest import (
 )
 from redis_topologies import Cluster, SentinelSet, redis_section
 
-from gateway.app import RUNTIME, create_app
 from gateway.config import parse_config
 from gateway.config.loader import ConfigError
 from gateway.keys.audit import AuditLog
@@ -109,20 +109,8 @@ async def on_store(prefix: str) -> AsyncIterator[Callable[..., Any]]:
 @pytest.fixture
 async def start() -> AsyncIterator[Callable[..., Any]]:
     """``start(config_data)``: the real gateway app in this loop, its store opened from config."""
-    servers: list[TestServer] = []
-
-    async def start_(config_data: dict[str, Any]) -> Gateway:
-        config = parse_config(config_data)
-        server = TestServer(create_app(config), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        listener = server.app[RUNTIME].extras["invalidation"]
-        await asyncio.wait_for(listener.connected.wait(), 10)
-        return Gateway(server, config)
-
-    yield start_
-    for server in servers:
-        await server.close()
+    async with gateways(store_factory=None) as start_:
+        yield start_
 
 
 async def call(http, gateway: Gateway, secret: str, path: str = "/items/1"):
@@ -294,7 +282,7 @@ async def test_on_a_cluster_an_invalidation_published_on_any_node_is_heard(
     handle, service = await on_store(section)
     gw = await start(gateway_config(section, prefix, upstream))
     account = await new_account(service)
-    listener = gw.runtime.extras["invalidation"]
+    listener = gw.runtime.invalidation
     for node in redis_cluster.processes:
         for _attempt in range(3):
             subscriptions = listener.subscriptions

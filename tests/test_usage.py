@@ -231,7 +231,7 @@ async def test_closing_the_app_writes_what_was_not_written_yet(
             routes=[{"name": "items", "match": "/items", "upstream": upstream_url(upstream)}]
         )
     )
-    recorder = gw.runtime.extras["usage"]
+    recorder = gw.runtime.usage
     recorder.interval = 3600  # from the next wait on: only the shutdown writes
     await asyncio.sleep(1.1)  # the wait under way (1 s) ends
     account = await new_account(gw.service)
@@ -240,7 +240,7 @@ async def test_closing_the_app_writes_what_was_not_written_yet(
         async with http.get(gw.url + "/items", headers=bearer(secret)) as resp:
             assert resp.status == 200
     assert recorder.pending == 7
-    await gw.server.close()
+    await gw.app.close()
     stored = await redis_client.hgetall(f"{key_prefix}usage:{{{key_id}}}:{day()}")
     assert stored == {"allowed": "7"}
     assert await redis_client.hget(key_prefix + "last_used", key_id)

@@ -41,23 +41,30 @@ def compile_allowed_referrers(values: Iterable[str]) -> tuple[ReferrerRule, ...]
     return tuple(compile_referrer(v) for v in values)
 
 
-def _host_of(url: str) -> str | None:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_of(url: str) -> tuple[str, str] | None:
+    """The URL's host, and its ``host:port`` (the scheme's default port when none is written)."""
     try:
         parts = urlsplit(url)
         host = parts.hostname
-        if host and parts.port:
-            return host  # ports are not part of host patterns
-        return host
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
     except ValueError:
         return None
+    if not host:
+        return None
+    return host, f"{host}:{port}" if port else host
 
 
 def referrer_allowed(referer: str | None, rules: tuple[ReferrerRule, ...]) -> bool:
+    """Whether ``referer`` matches a rule. A host pattern with a port
+    (``example.com:8443``) matches that port only; one without, any port."""
     if not rules:
         return True
     if not referer:
         return False
-    host: str | None = None
+    found: tuple[str, str] | None = None
     host_read = False
     for rule in rules:
         if rule.url is not None:
@@ -65,9 +72,12 @@ def referrer_allowed(referer: str | None, rules: tuple[ReferrerRule, ...]) -> bo
                 return True
             continue
         if not host_read:
-            host, host_read = _host_of(referer), True
-        if host is None:
+            found, host_read = _host_of(referer), True
+        if found is None:
             continue
+        target = rule.host if rule.host is not None else rule.suffix
+        assert target is not None
+        host = found[1] if ":" in target else found[0]
         if rule.host is not None and host == rule.host:
             return True
         if rule.suffix is not None and host.endswith(rule.suffix) and len(host) > len(rule.suffix):

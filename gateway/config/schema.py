@@ -65,6 +65,7 @@ class ServerConfig(_Model):
     max_header_bytes: int = Field(8190, ge=256)
     max_url_bytes: int = Field(8190, ge=256)
     header_read_timeout: Duration = 10.0
+    body_idle_timeout: Duration = 15.0
     drain_timeout: Duration = 25.0
     access_log: bool = True
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from ..denials import Denial, error_response
 
 if TYPE_CHECKING:
-    from ..handler import RequestContext
+    from ..pipeline import RequestContext
     from ..runtime import LocalHandler, Runtime
 
 CSP = (
@@ -102,7 +102,7 @@ class Dashboard:
         return self.assets.get(path)
 
     async def __call__(self, request: web.BaseRequest, ctx: RequestContext) -> web.StreamResponse:
-        asset = self.find(ctx.path)
+        asset = self.find(ctx.match_path)
         if asset is None:
             denial = Denial("resource_not_found")
             ctx.code = denial.code

@@ -132,6 +132,7 @@ class CompiledKey:
     allowed_endpoints: tuple[EndpointRule, ...]
     rate_limit: Rate | None
     upstream_headers: tuple[tuple[str, str], ...]
+    upstream_head: bytes = b""  # the same as header lines, for the upstream request head
 
     @property
     def id(self) -> str:
@@ -163,6 +164,7 @@ class CompiledKey:
             allowed_endpoints=compile_allowed_endpoints(record.allowed_endpoints),
             rate_limit=parse_rate(record.rate_limit) if record.rate_limit else None,
             upstream_headers=tuple(headers),
+            upstream_head="".join(f"{name}: {value}\r\n" for name, value in headers).encode(),
         )
 
 

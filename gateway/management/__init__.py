@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..dashboard import dashboard_routes
+from ..forward_auth import forward_auth_routes
+from .api import management_routes
+from .audit_api import audit_routes
+
 if TYPE_CHECKING:
     from ..runtime import LocalHandler, Runtime
 
@@ -13,11 +18,6 @@ def local_routes(runtime: Runtime) -> tuple[tuple[str, bool, LocalHandler], ...]
     config = runtime.config
     if not config.management.enabled:
         return ()
-    from ..dashboard import dashboard_routes
-    from ..forward_auth import forward_auth_routes
-    from .api import management_routes
-    from .audit_api import audit_routes
-
     prefix = config.management.path_prefix
     return (
         *forward_auth_routes(runtime, prefix),

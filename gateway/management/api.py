@@ -17,23 +17,21 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..checks.ip import client_ip, parse_ip
-from ..denials import Denial, error_response
+from ..denials import BACKEND_DOWN, Denial, error_response
 from ..keys.service import Forbidden, InvalidRequest, NotFound, OperationError
-from ..pipeline import Attempt
+from ..pipeline import Attempt, attempt_for
 from ..store.connection import StoreUnavailable
 from . import identity, keys
 from .calls import BodyTooLarge, Call, body_limit
 
 if TYPE_CHECKING:
-    from ..handler import RequestContext
+    from ..pipeline import RequestContext
     from ..runtime import LocalHandler, Runtime
 
 log = logging.getLogger("gateway.management")
 
 ROUTE_NAME = "management"  # the route name the pipeline, limiter and usage see
 ADMIN = "admin"
-BACKEND_DOWN = Denial("auth_backend_unavailable", headers={"Retry-After": "5"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +120,7 @@ class ManagementAPI:
         return Denial("method_not_allowed", {"allowed": allowed}, {"Allow": ", ".join(allowed)})
 
     async def handle(self, request: web.BaseRequest, ctx: RequestContext) -> web.StreamResponse:
-        found = self.resolve(request.method, ctx.path)
+        found = self.resolve(request.method, ctx.match_path)
         if isinstance(found, Denial):
             return self._refuse(found, ctx)
         endpoint, params = found
@@ -162,19 +160,10 @@ class ManagementAPI:
     def _attempt(
         self, request: web.BaseRequest, ctx: RequestContext, endpoint: Endpoint
     ) -> Attempt:
-        headers = request.headers
-        snapshot = self.runtime.snapshot
-        peer = request.remote
-        return Attempt(
-            method=request.method,
-            path=ctx.path,
-            authorization=headers.getall("Authorization", []),
-            client_ip=client_ip(
-                peer, headers.getall("X-Forwarded-For", []), snapshot.trusted_proxies
-            )
-            if ctx.peer_trusted
-            else parse_ip(peer),
-            referer=headers.get("Referer") or headers.get("Origin"),
+        return attempt_for(
+            ctx,
+            request.headers,
+            self.runtime.snapshot.trusted_proxies,
             route_name=ROUTE_NAME,
             required_permission=endpoint.permission,
         )

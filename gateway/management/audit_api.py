@@ -19,13 +19,12 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from ..checks.ip import client_ip, parse_ip
-from ..denials import Denial, error_response
-from ..pipeline import Attempt
+from ..denials import BACKEND_DOWN, Denial, error_response
+from ..pipeline import Attempt, attempt_for
 from ..store.connection import StoreUnavailable
 
 if TYPE_CHECKING:
-    from ..handler import RequestContext
+    from ..pipeline import RequestContext
     from ..runtime import LocalHandler, Runtime
 
 log = logging.getLogger("gateway.management.audit")
@@ -35,7 +34,6 @@ PERMISSION = "admin"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 ALLOWED_METHODS = ("GET", "HEAD")
-BACKEND_DOWN = Denial("auth_backend_unavailable", headers={"Retry-After": "5"})
 
 
 def _invalid(message: str, field: str) -> Denial:
@@ -108,17 +106,10 @@ class AuditAPI:
         return [e for e in events if e.get("key_id") in test_keys]
 
     def _attempt(self, request: web.BaseRequest, ctx: RequestContext) -> Attempt:
-        headers = request.headers
-        peer = request.remote
-        trusted = self.runtime.snapshot.trusted_proxies
-        return Attempt(
-            method=request.method,
-            path=ctx.path,
-            authorization=headers.getall("Authorization", []),
-            client_ip=client_ip(peer, headers.getall("X-Forwarded-For", []), trusted)
-            if ctx.peer_trusted
-            else parse_ip(peer),
-            referer=headers.get("Referer") or headers.get("Origin"),
+        return attempt_for(
+            ctx,
+            request.headers,
+            self.runtime.snapshot.trusted_proxies,
             route_name=ROUTE_NAME,
             required_permission=PERMISSION,
         )

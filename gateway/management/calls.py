@@ -19,8 +19,7 @@ from ..keys.model import isoformat, utcnow
 from ..keys.service import Actor, InvalidRequest
 
 if TYPE_CHECKING:
-    from ..handler import RequestContext
-    from ..pipeline import Principal
+    from ..pipeline import Principal, RequestContext
     from ..runtime import Runtime
 
 BODY_LIMIT = 64 * 1024  # management bodies are small; server.max_body_bytes caps it lower

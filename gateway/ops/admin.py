@@ -18,7 +18,7 @@ def admin_routes(get_runtime: Callable[[], Runtime]) -> list[web.RouteDef]:
 
     async def readyz(request: web.Request) -> web.Response:
         runtime = get_runtime()
-        if runtime.extras.get("draining"):
+        if runtime.draining:
             return web.json_response({"status": "draining"}, status=503)
         try:
             async with asyncio.timeout(1.0):
@@ -30,7 +30,7 @@ def admin_routes(get_runtime: Callable[[], Runtime]) -> list[web.RouteDef]:
             )
         runtime.metrics.store_up.set(1)
         body = {"status": "ready"}
-        listener = runtime.extras.get("invalidation")
+        listener = runtime.invalidation
         if listener is not None:  # cache invalidation from other replicas
             body["invalidation"] = "subscribed" if listener.connected.is_set() else "reconnecting"
         return web.json_response(body)

@@ -81,14 +81,10 @@ class Breakers:
             self._breakers[(route, upstream)] = breaker
         return breaker
 
-
-def breaker_for(extras: dict, route: Route, upstream: str) -> CircuitBreaker:
-    """The breaker of ``route`` towards ``upstream`` (the route must have one configured)."""
-    registry = extras.get("breakers")
-    if registry is None:
-        registry = extras["breakers"] = Breakers()
-    failures, cooldown = route.circuit_breaker  # type: ignore[misc]
-    return registry.get(route.name, upstream, failures, cooldown)
+    def of(self, route: Route, upstream: str) -> CircuitBreaker:
+        """The breaker of ``route`` towards ``upstream`` (the route must have one configured)."""
+        failures, cooldown = route.circuit_breaker  # type: ignore[misc]
+        return self.get(route.name, upstream, failures, cooldown)
 
 
 def circuit_open(breaker: CircuitBreaker) -> Denial:

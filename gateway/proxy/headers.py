@@ -1,12 +1,18 @@
-"""What crosses the gateway in headers (SPEC §5)."""
+"""What crosses the gateway in headers (SPEC §5), on the raw bytes of the head.
+
+Names are judged as an upstream might read them: case-insensitively and with
+``_`` read as ``-`` (many servers, CGI and WSGI among them, make
+``Transfer_Encoding`` and ``Transfer-Encoding`` the same variable). A client
+header that reads as hop-by-hop, as framing, as one the gateway sets itself or
+as an ``X-Gateway-*`` identity header never goes upstream; the framing of what
+goes upstream is the gateway's own, from the body it actually sends.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
-# RFC 9110 §7.6.1, plus the non-standard Proxy-Connection.
+# RFC 9110 §7.6.1, the non-standard Proxy-Connection, and the framing headers.
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -18,92 +24,139 @@ HOP_BY_HOP = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
+        "content-length",
     }
 )
 # Set by the gateway itself on the way upstream.
-_REPLACED = frozenset(
+GATEWAY_SET = frozenset(
     {"host", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 )
+GATEWAY_PREFIX = "x-gateway-"
+
+KEEP, DROP, AUTHORIZATION, FORWARDED_FOR = 0, 1, 2, 3
+_MAX_CACHED = 512  # header names a client chooses: the verdict cache stays bounded
 
 
-# Request headers never passed on as the client sent them (the gateway sets _REPLACED itself).
-_DROP_REQUEST = HOP_BY_HOP | _REPLACED
-_DROP_REQUEST_AND_AUTHORIZATION = _DROP_REQUEST | {"authorization"}
-_DROP_RESPONSE_AND_LENGTH = HOP_BY_HOP | {"content-length"}
-_GATEWAY_PREFIXES = ("x-gateway-", "x_gateway_")
-_NONE: frozenset[str] = frozenset()
+def canonical_name(name: str) -> str:
+    """``name`` as an upstream may read it: lower case, ``_`` as ``-``."""
+    return name.lower().replace("_", "-")
 
 
-_TOKENS: dict[str, frozenset[str]] = {}  # "keep-alive", "close", ...: parsed once
+def _verdict_of(name: bytes) -> int:
+    canonical = canonical_name(name.decode("latin-1"))
+    if canonical == "authorization":
+        return AUTHORIZATION if name.lower() == b"authorization" else DROP
+    if canonical == "x-forwarded-for":
+        return FORWARDED_FOR if name.lower() == b"x-forwarded-for" else DROP
+    if canonical in HOP_BY_HOP or canonical in GATEWAY_SET or canonical.startswith(GATEWAY_PREFIX):
+        return DROP
+    return KEEP
 
 
-def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    values = headers.getall("Connection", ())
-    if not values:
-        return _NONE
-    if len(values) == 1:
-        found = _TOKENS.get(values[0])
-        if found is not None:
-            return found
-    tokens = frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
-    if len(values) == 1:
-        if len(_TOKENS) >= 64:  # bounded: clients choose these values
-            _TOKENS.clear()
-        _TOKENS[values[0]] = tokens
-    return tokens
+_verdicts: dict[bytes, int] = {}
 
 
-def is_gateway_header(lower_name: str) -> bool:
-    return lower_name.startswith(_GATEWAY_PREFIXES)
+def verdict(name: bytes) -> int:
+    found = _verdicts.get(name)
+    if found is None:
+        found = _verdict_of(name)
+        if len(_verdicts) >= _MAX_CACHED:
+            _verdicts.clear()
+        _verdicts[name] = found
+    return found
 
 
-def upstream_request_headers(
-    incoming: CIMultiDictProxy[str],
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The header names a ``Connection`` header lists (lower case, ``_`` as ``-``)."""
+    return frozenset(
+        token.strip().lower().replace(b"_", b"-")
+        for value in values
+        for token in value.split(b",")
+        if token.strip()
+    )
+
+
+def upstream_head(
+    request_line: bytes,
+    raw_headers: Iterable[tuple[bytes, bytes]],
     *,
+    host: bytes,
     forward_authorization: bool,
-    identity: Iterable[tuple[str, str]],
+    identity: bytes,
     request_id: str,
     peer: str | None,
-    proto: str,
-    host: str | None,
-) -> CIMultiDict[str]:
-    """The headers the upstream receives: the client's, cleaned, then the gateway's own."""
-    dropped = connection_tokens(incoming)
-    drop = _DROP_REQUEST if forward_authorization else _DROP_REQUEST_AND_AUTHORIZATION
-    kept: list[tuple[str, str]] = []
-    forwarded_for: list[str] = []
-    for name, value in incoming.items():
-        lower = name.lower()
-        if lower in drop or lower.startswith(_GATEWAY_PREFIXES) or lower in dropped:
-            if lower == "x-forwarded-for" and lower not in dropped:
-                forwarded_for.append(value)
-            continue
-        kept.append((name, value))
-    out: CIMultiDict[str] = CIMultiDict(kept)
-    # Added after the Connection header was applied: a client cannot make these go.
-    for name, value in identity:
-        out[name] = value
-    out["X-Request-Id"] = request_id
+    proto: bytes,
+    forwarded_host: bytes | None,
+    framing: bytes,
+) -> bytes:
+    """The request head the upstream receives: the client's headers, cleaned, then the gateway's.
+
+    ``identity`` is the gateway's header lines for the caller (``X-Gateway-*``);
+    ``framing`` is the gateway's own ``Content-Length``/``Transfer-Encoding``
+    line (or ``b""``). Headers named in ``Connection`` are dropped, but only
+    from the client's: the gateway's own are added after, so a client can
+    make none of them go.
+    """
+    out = [request_line, b"Host: ", host, b"\r\n"]
+    forwarded_for: list[bytes] = []
+    listed: frozenset[bytes] | None = None
+    for name, value in raw_headers:
+        kind = _verdicts.get(name)
+        if kind is None:
+            kind = verdict(name)
+        if kind == KEEP:
+            if listed is None:
+                listed = _listed(raw_headers)
+            if listed and name.lower().replace(b"_", b"-") in listed:
+                continue
+            out += (name, b": ", value, b"\r\n")
+        elif kind == AUTHORIZATION:
+            if forward_authorization:
+                out += (b"Authorization: ", value, b"\r\n")
+        elif kind == FORWARDED_FOR:
+            forwarded_for.append(value)
+    out.append(identity)
+    out += (b"X-Request-Id: ", request_id.encode(), b"\r\n")
     if peer:
-        forwarded_for.append(peer)
+        forwarded_for.append(peer.encode())
     if forwarded_for:
-        out["X-Forwarded-For"] = ", ".join(forwarded_for)
-    out["X-Forwarded-Proto"] = proto
-    if host:
-        out["X-Forwarded-Host"] = host
+        out += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
+    out += (b"X-Forwarded-Proto: ", proto, b"\r\n")
+    if forwarded_host:
+        out += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
+    out.append(framing)
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _listed(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    values = [value for name, value in raw_headers if name.lower() == b"connection"]
+    return connection_tokens(values) if values else frozenset()
+
+
+def response_headers(
+    raw: list[tuple[bytes, bytes]],
+    *,
+    relocate: Callable[[bytes], bytes] | None = None,
+) -> list[tuple[str, str]]:
+    """The upstream's response headers to pass back: hop-by-hop and framing removed,
+    every ``Set-Cookie`` line kept, ``Location`` rewritten by ``relocate``."""
+    listed: frozenset[bytes] | None = None
+    out: list[tuple[str, str]] = []
+    for name, value in raw:
+        lower = name.lower()
+        if lower in _RESPONSE_DROP:
+            continue
+        if lower == b"connection" or lower == b"keep-alive":
+            continue
+        if listed is None:
+            listed = connection_tokens(v for n, v in raw if n.lower() == b"connection")
+        if listed and lower in listed:
+            continue
+        if relocate is not None and lower == b"location":
+            value = relocate(value)
+        out.append((name.decode("latin-1"), value.decode("utf-8", "replace")))
     return out
 
 
-def downstream_response_headers(
-    upstream: CIMultiDictProxy[str], *, keep_length: bool
-) -> CIMultiDict[str]:
-    """The upstream's response headers less hop-by-hop ones; every Set-Cookie line kept."""
-    dropped = connection_tokens(upstream)
-    drop = HOP_BY_HOP if keep_length else _DROP_RESPONSE_AND_LENGTH
-    return CIMultiDict(
-        [
-            (name, value)
-            for name, value in upstream.items()
-            if (lower := name.lower()) not in drop and lower not in dropped
-        ]
-    )
+_RESPONSE_DROP = frozenset(n.encode() for n in HOP_BY_HOP)

@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote_to_bytes
 _SAFE = "!$&'()*+,;=:@-._~"
 _CANONICAL = re.compile(r"^(?:/[A-Za-z0-9!$&'()*+,;=:@\-_~][A-Za-z0-9!$&'()*+,;=:@\-._~]*)*/?$")
 _PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODED_SEMICOLON = re.compile(r"%3[Bb]")
 
 
 class PathError(ValueError):
@@ -38,7 +39,10 @@ def normalise_path(raw: str) -> str:
         trailing = True  # an empty, '.' or '..' last segment leaves a directory path
         if not segment:
             continue
-        decoded = unquote_to_bytes(segment)
+        # An encoded ';' stays encoded: backends that cut ';...' parameters off a
+        # segment do so before decoding, and so must the gateway's reading of it.
+        pieces = [unquote_to_bytes(p) for p in _ENCODED_SEMICOLON.split(segment)]
+        decoded = b";".join(pieces)
         if b"/" in decoded:
             raise PathError("the path holds an encoded slash")
         if b"\\" in decoded:
@@ -52,14 +56,22 @@ def normalise_path(raw: str) -> str:
                 raise PathError("the path escapes the root")
             out.pop()
             continue
-        if decoded.split(b";", 1)[0] in (b".", b".."):
+        if pieces[0].split(b";", 1)[0] in (b".", b".."):
             raise PathError("the path holds a dot-segment with parameters")
-        out.append(decoded)
+        out.append("%3B".join(quote(p, safe=_SAFE) for p in pieces))
         trailing = False
     if not out:
         return "/"
-    path = "/" + "/".join(quote(seg, safe=_SAFE) for seg in out)
+    path = "/" + "/".join(out)
     return path + "/" if trailing else path
+
+
+def match_form(path: str) -> str:
+    """``path`` with each segment's ``;...`` parameters cut off, as Tomcat, Jetty and
+    Spring read it: what routes and restrictions are matched on (SPEC §6)."""
+    if ";" not in path:
+        return path
+    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
 
 
 def split_target(target: str) -> tuple[str, str]:

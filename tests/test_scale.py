@@ -25,7 +25,9 @@ import redis_topologies
 from conftest import bearer, new_account, new_key, run_cli, service_for, upstream_url, write_config
 
 from gateway.config import parse_config
-from gateway.keys.format import generate_secret
+from gateway.keys.format import generate_secret, new_id
+from gateway.keys.model import KeyRecord
+from gateway.keys.store import KeyStore
 from gateway.store.connection import open_store
 
 pytestmark = pytest.mark.integration
@@ -233,3 +235,42 @@ async def test_listing_pages_through_the_index_without_scanning(
         if keys:
             await handle.client.delete(*keys)
         await handle.close()
+
+
+async def test_keys_made_in_one_millisecond_list_in_the_order_they_were_made(
+    redis_client, key_prefix
+):
+    """Every key below is stamped with one future moment, so their scores would all tie."""
+    store = KeyStore(redis_client, key_prefix)
+    account, moment = new_id("acct"), "2999-01-01T00:00:00Z"
+
+    def record(mode: str) -> KeyRecord:
+        key_id = new_id("key")
+        return KeyRecord(
+            id=key_id, account_id=account, name=key_id, mode=mode, hash=uuid.uuid4().hex,
+            prefix=f"sk_{mode}_", last4="abcd", created_at=moment,
+        )  # fmt: skip
+
+    made = [record("live" if i % 3 else "test") for i in range(30)]
+    for key in made:
+        await store.add_key(key)
+    await store.add_key(made[4])  # adding a key again moves nothing
+
+    async def pages(mode: str | None, limit: int) -> list[str]:
+        seen: list[str] = []
+        after = None
+        while True:
+            ids, more = await store.list_key_ids(
+                account, mode=mode, limit=limit, starting_after=after
+            )
+            seen += ids
+            if not more:
+                return seen
+            after = ids[-1]
+
+    newest_first = [k.id for k in reversed(made)]
+    for limit in (1, 7, 30, 100):
+        assert await pages(None, limit) == newest_first
+        for mode in ("live", "test"):
+            expected = [k.id for k in reversed(made) if k.mode == mode]
+            assert await pages(mode, limit) == expected

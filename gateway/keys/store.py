@@ -7,6 +7,7 @@ Layout, under ``redis.key_prefix`` (``P``):
 - ``P acct:{id}``           the account (JSON)
 - ``P accts``               every account id, scored by creation time
 - ``P acct_keys:{id}:{all|live|test}``  the account's key ids, scored by creation time
+  (in milliseconds, strictly increasing per account: ties follow creation order)
 - ``P last_used``           key id -> last use (ISO 8601), written in batches
 - ``P invalidate``          pub/sub channel: a key's hash whenever its record changes
 
@@ -38,6 +39,21 @@ from .model import Account, KeyRecord
 
 def _ms(iso: str) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+# Add ARGV[1] to the sorted set KEYS[1] with the score ARGV[2], or one above the
+# highest score there if that is not higher: scores strictly increase in the
+# order members are added, ties included. A member already there keeps its
+# score (a retried add changes nothing). Returns the member's score.
+_NEXT_IN_INDEX = """
+local have = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if have then return tonumber(have) end
+local score = tonumber(ARGV[2])
+local top = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+if top and tonumber(top) >= score then score = tonumber(top) + 1 end
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+return score
+"""
 
 
 class KeyStore:
@@ -119,14 +135,17 @@ class KeyStore:
         return dict(zip(ids, values, strict=True))
 
     async def add_key(self, record: KeyRecord) -> None:
-        # Scored by the moment it is added, to the millisecond: created_at holds whole
-        # seconds, and keys made within one second must still list newest first.
-        score = max(_ms(record.created_at), int(time.time() * 1000))
+        # Scored by the moment it is added, to the millisecond (created_at holds whole
+        # seconds), and above every key the account has: keys made within one
+        # millisecond still list newest first, in the order they were made. The
+        # account's "all" index picks the score; the mode's index takes the same.
+        at = max(_ms(record.created_at), int(time.time() * 1000))
+        index = self._k("acct_keys", record.account_id, "all")
         try:
             await self.client.set(self._k("key", record.id), record.to_json())
+            score = int(await self.client.eval(_NEXT_IN_INDEX, 1, index, record.id, at))
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.set(self._k("keyhash", record.hash), f"{record.id} {record.account_id}")
-                pipe.zadd(self._k("acct_keys", record.account_id, "all"), {record.id: score})
                 pipe.zadd(self._k("acct_keys", record.account_id, record.mode), {record.id: score})
                 self._replicated(pipe)
                 await pipe.execute()

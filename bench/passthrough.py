@@ -91,47 +91,61 @@ def make_app(upstream: str) -> web.Application:
     return app
 
 
-def make_gateway_forwarder_app(upstream: str) -> web.Application:
-    """The gateway's own forwarder (gateway/proxy/forward.py) with none of its checks.
+async def serve_gateway_forwarder(host: str, port: int, upstream: str) -> None:
+    """The gateway's own forwarding (``gateway/proxy``) on its own server, with no checks.
 
-    No key, no access log, no metrics, no path normalisation: the request's
-    headers cleaned as the gateway cleans them, then ``forward``. Against the
-    gateway's rows this shows what its checks cost on top of its forwarding.
+    The same server as the gateway (``GatewayServer``, aiohttp's low-level
+    server) and the same upstream pool, head building and streaming, but no
+    key, path normalisation, access log or metrics. Against the gateway's rows
+    this shows what its checks cost on top of its forwarding.
     """
-    from gateway.proxy.forward import forward as gateway_forward
-    from gateway.proxy.forward import new_session
-    from gateway.proxy.headers import upstream_request_headers
+    from gateway.compat.aiohttp import GatewayServer
+    from gateway.proxy.forward import BODYLESS_METHODS, Exchange, forward
+    from gateway.proxy.headers import upstream_head
+    from gateway.proxy.upstream import UpstreamPool
 
-    base = upstream.rstrip("/")
+    pool = UpstreamPool()
+    origin = pool.origin(upstream.rstrip("/"))
 
-    async def session_ctx(app: web.Application):
-        app[SESSION] = new_session()
-        yield
-        await app[SESSION].close()
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        headers = upstream_request_headers(
-            request.headers,
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        method = request.method
+        if request.body_exists:
+            length = request.content_length
+            body = "length" if length is not None else "chunked"
+            framing = (
+                b"Content-Length: %d\r\n" % length
+                if length is not None
+                else b"Transfer-Encoding: chunked\r\n"
+            )
+        else:
+            body = "none"
+            framing = b"" if method in BODYLESS_METHODS else b"Content-Length: 0\r\n"
+        head = upstream_head(
+            f"{method} {request.raw_path} HTTP/1.1\r\n".encode(),
+            request.raw_headers,
+            host=origin.host_header,
             forward_authorization=True,
-            identity=(),
+            identity=b"",
             request_id="req_bench",
             peer=request.remote,
-            proto="http",
-            host=request.headers.get("Host"),
+            proto=b"http",
+            forwarded_host=None,
+            framing=framing,
         )
-        return await gateway_forward(
-            request,
-            request.app[SESSION],
-            url=base + request.raw_path,
-            headers=headers,
-            timeout=30.0,
-            max_body=10 * 1024 * 1024,
-        )
+        exchange = Exchange(origin, head, body, 30.0, 10 * 1024 * 1024, 15.0, None, None)
+        return await forward(request, None, pool, exchange)
 
-    app = web.Application()
-    app.cleanup_ctx.append(session_ctx)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
+    server = GatewayServer(
+        handle, header_timeout=lambda: 10.0, refusal=lambda *_: None, access_log=None
+    )
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    try:
+        await asyncio.Event().wait()  # until the process is stopped
+    finally:
+        await runner.cleanup()
+        pool.close()
 
 
 def main() -> None:
@@ -146,12 +160,16 @@ def main() -> None:
         help="aiohttp: ClientSession.request (the floor); gateway: the gateway's forward()",
     )
     args = parser.parse_args()
-    make = make_app if args.forwarder == "aiohttp" else make_gateway_forwarder_app
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(make(args.upstream), host=args.host, port=args.port, access_log=None, print=None)
+    if args.forwarder == "gateway":
+        asyncio.run(serve_gateway_forwarder(args.host, args.port, args.upstream))
+        return
+    web.run_app(
+        make_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None
+    )
 
 
 if __name__ == "__main__":

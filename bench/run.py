@@ -127,10 +127,22 @@ class Goal:
 
 GOALS: list[Goal] = [
     Goal(
-        "gateway_cached_key",
+        "gateway_rate_limited",
         "passthrough",
-        0.9,
-        "gateway auth path costs at most 10% vs the plain passthrough",
+        2.0,
+        "the whole path (auth, restrictions, rate limit, usage, metrics, log) >= 2x plain aiohttp",
+    ),
+    Goal(
+        "forward_auth",
+        "passthrough",
+        4.0,
+        "forward-auth decisions >= 4x the plain aiohttp pass-through",
+    ),
+    Goal(
+        "gateway_rate_limited",
+        "forwarder",
+        0.85,
+        "the checks cost at most 15% of the gateway's own forwarder without them",
     ),
     Goal(
         "gateway_rate_limited",

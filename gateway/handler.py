@@ -51,6 +51,15 @@ HTTPS_REQUIRED = Denial("https_required")
 REQUEST_TIMEOUT = Denial("request_timeout")
 MALFORMED = Denial("invalid_request", message="Malformed HTTP request")
 INTERNAL = Denial("internal_error")
+# Response headers the gateway sets itself, in place of the upstream's.
+REPLACED = frozenset({"x-request-id"})
+REPLACED_WITH_RATE_LIMIT = REPLACED | {
+    "ratelimit",
+    "ratelimit-policy",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+}
 
 
 class PublicHandler:
@@ -60,24 +69,12 @@ class PublicHandler:
         self.runtime = runtime
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        connection = request.protocol
-        if not isinstance(connection, GatewayConnection):
-            connection = None
-        else:
-            connection.request_began()
-        try:
-            response = await self.handle(request, connection)
-            if connection is not None and connection.draining:
-                response.force_close()
-            return response
-        finally:
-            if connection is not None:
-                connection.request_ended()
-
-    async def handle(
-        self, request: web.BaseRequest, connection: GatewayConnection | None
-    ) -> web.StreamResponse:
         started = time.perf_counter()
+        connection = request.protocol
+        if type(connection) is GatewayConnection:
+            connection.request_began()
+        else:
+            connection = None
         rt = self.runtime
         snapshot = rt.snapshot
         ctx = RequestContext(
@@ -106,7 +103,12 @@ class PublicHandler:
                 rt.access_log.mask(ctx.request_id),
             )
             response = self.refuse(INTERNAL, ctx)
+        finally:
+            if connection is not None:
+                connection.request_ended()
         self.observe(request, ctx, response.status, route_name, started)
+        if connection is not None and connection.draining:
+            response.force_close()
         return response
 
     def observe(
@@ -302,6 +304,9 @@ class PublicHandler:
         response_extra = {"X-Request-Id": ctx.request_id}
         if extra:
             response_extra.update(extra)
+            replaced = REPLACED_WITH_RATE_LIMIT
+        else:
+            replaced = REPLACED
         return Exchange(
             origin=origin,
             head=head,
@@ -310,6 +315,7 @@ class PublicHandler:
             max_body=server.max_body_bytes,
             body_idle_timeout=server.body_idle_timeout,
             extra_headers=response_extra,
+            replaced=replaced,
             relocate=lambda location: target.relocate(location, route, client_origin),
         )
 

@@ -34,6 +34,7 @@ class Snapshot:
     router: Router
     trusted_proxies: tuple[Network, ...]
     local_routes: tuple[tuple[str, bool, LocalHandler], ...] = ()  # (path, is_prefix, handler)
+    local_starts: tuple[str, ...] = ()  # every local path starts with one of these
 
     @classmethod
     def build(
@@ -44,9 +45,12 @@ class Snapshot:
             router=Router(config),
             trusted_proxies=tuple(config.server.trusted_proxies),
             local_routes=local_routes,
+            local_starts=tuple({target for target, _, _ in local_routes}),
         )
 
     def local_handler(self, path: str) -> LocalHandler | None:
+        if not path.startswith(self.local_starts):
+            return None  # most requests: one C-level test
         for target, is_prefix, handler in self.local_routes:
             if path == target or (is_prefix and path.startswith(target + "/")):
                 return handler

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -118,6 +119,10 @@ async def serve(
             await admin_runner.cleanup()
             await gateway.close()
             raise
+    # Everything built so far (config, modules, clients) lives as long as the process:
+    # out of the collector's sight, so a full collection does not walk it again and again.
+    gc.collect()
+    gc.freeze()
     log.info(
         "gateway%s listening on %s:%s (admin %s), %d route(s)",
         f" worker {worker}" if worker is not None else "",

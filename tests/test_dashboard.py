@@ -22,15 +22,12 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
-from conftest import Gateway, bearer, new_account, new_key, upstream_url
+from conftest import bearer, gateways, new_account, new_key, upstream_url
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from gateway.app import RUNTIME, create_app
-from gateway.config import parse_config
 from gateway.demo.upstream import create_upstream
 from gateway.keys.model import isoformat, utcnow
 from gateway.keys.service import CLI as CLI_ACTOR
-from gateway.store.connection import StoreHandle
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -96,25 +93,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @in_module_loop
 async def start_gateway(redis_client: aioredis.Redis) -> AsyncIterator[Any]:
-    servers: list[TestServer] = []
-
-    async def start(config_data: dict[str, Any]) -> Gateway:
-        config = parse_config(config_data)
-        app = create_app(
-            config,
-            store_factory=lambda c: StoreHandle(
-                aioredis.Redis.from_url(c.redis.url, decode_responses=True), None, c.redis.url
-            ),
-        )
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        await asyncio.wait_for(server.app[RUNTIME].extras["invalidation"].connected.wait(), 5)
-        return Gateway(server, config)
-
-    yield start
-    for server in servers:
-        await server.close()
+    async with gateways() as start:
+        yield start
 
 
 class Tab:

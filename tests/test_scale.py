@@ -143,7 +143,7 @@ async def test_a_flood_of_unknown_keys_leaves_the_cache_at_its_bound(
     assert statuses == {401}
     assert len(gw.runtime.cache) <= 200
     assert gw.runtime.cache.misses >= 2000
-    assert len(gw.runtime.extras["limiter"]) <= 1  # no rate-limit state for unknown keys
+    assert len(gw.runtime.limiter) <= 1  # no rate-limit state for unknown keys
 
 
 async def test_every_rate_limit_and_usage_key_expires(
@@ -172,7 +172,7 @@ async def test_every_rate_limit_and_usage_key_expires(
             async with http.request(method, gw.url + "/items/1", headers=bearer(key)) as resp:
                 seen.add(resp.status)
     assert {200, 403, 429} <= seen  # allowed, denied and limited requests were all counted
-    await gw.runtime.extras["usage"].flush()
+    await gw.runtime.usage.flush()
     names = [k async for k in redis_client.scan_iter(match=key_prefix + "*")]
     counters = [n for n in names if n.startswith((key_prefix + "rl:", key_prefix + "usage:"))]
     assert len([n for n in counters if ":rl:" in n]) >= 4  # plan, route and own limits

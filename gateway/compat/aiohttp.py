@@ -68,10 +68,10 @@ class GatewayConnection(web.RequestHandler):
     The request handler tells the connection when a request begins
     (:meth:`request_began`), when its body has been read (:meth:`body_read`)
     and when it ends (:meth:`request_ended`); from that alone the connection
-    knows whether bytes that arrive belong to a request head still incomplete.
-    A head that is not complete within ``header_timeout()`` seconds of its
-    first byte closes the connection, so a slowloris client holds a socket for
-    seconds, not forever.
+    knows since when bytes of a request head still incomplete have been
+    arriving (:attr:`head_since`). The server's sweep closes a connection whose
+    head is not complete within ``header_timeout()`` seconds of its first
+    byte, so a slowloris client holds a socket for seconds, not forever.
     """
 
     def __init__(self, manager: GatewayServer, **kwargs: Any):
@@ -81,20 +81,15 @@ class GatewayConnection(web.RequestHandler):
         self.draining = False
         self._body_done = True
         self._pipelined = False  # bytes arrived after the body of the request in hand
-        self._began = 0
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._timer_began = 0
+        self.head_since: float | None = None  # when the current head's first byte came
 
     # -- what the request handler reports
 
     def request_began(self) -> None:
         self.busy = True
-        self._began += 1
+        self.head_since = None
         self._body_done = False
         self._pipelined = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
 
     def body_read(self) -> None:
         self._body_done = True
@@ -102,50 +97,33 @@ class GatewayConnection(web.RequestHandler):
     def request_ended(self) -> None:
         self.busy = False
         if self._pipelined:  # possibly the start of the next head
-            self._arm_head_timer()
+            self.head_since = self._gateway.now()
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._arm_head_timer()
+        self.head_since = self._gateway.now()  # a connection that never sends counts too
 
     def data_received(self, data: bytes) -> None:
         if data:
             if not self.busy:
-                if self._head_timer is None:
-                    self._arm_head_timer()
+                if self.head_since is None:
+                    self.head_since = self._gateway.now()
             elif self._body_done:
                 self._pipelined = True
         super().data_received(data)
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        super().connection_lost(exc)
-
-    # -- header-read timeout
-
-    def _arm_head_timer(self) -> None:
-        timeout = self._gateway.header_timeout()
-        if timeout > 0 and self._head_timer is None:
-            self._timer_began = self._began
-            loop = asyncio.get_running_loop()
-            self._head_timer = loop.call_later(timeout, self._head_timed_out)
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.busy or self._began != self._timer_began:
-            return  # a request head arrived meanwhile
-        self.force_close()
+    def head_overdue(self, now: float, timeout: float) -> bool:
+        since = self.head_since
+        return since is not None and not self.busy and now - since > timeout
 
     # -- draining
 
     @property
     def idle(self) -> bool:
         """Waiting for a request that has not begun to arrive."""
-        return not self.busy and self._head_timer is None
+        return not self.busy and self.head_since is None
 
     def begin_drain(self) -> None:
         """Close now if idle; else the request handler closes after the response in hand."""
@@ -169,12 +147,16 @@ class GatewayConnection(web.RequestHandler):
         return response
 
 
+SWEEP_INTERVAL = 0.5  # seconds between two looks for overdue request heads
+
+
 class GatewayServer(web.Server):
     """``web.Server`` making :class:`GatewayConnection` connections.
 
-    ``header_timeout`` is asked on each new head (a reload may change it);
-    ``refusal`` answers what aiohttp could not parse (or return ``None`` for
-    aiohttp's own answer).
+    ``header_timeout`` is asked at each sweep (a reload may change it);
+    ``refusal`` answers what aiohttp could not parse (or returns ``None`` for
+    aiohttp's own answer). One timer for the whole server looks for request
+    heads overdue, rather than a timer per request.
     """
 
     def __init__(
@@ -196,9 +178,34 @@ class GatewayServer(web.Server):
         self.header_timeout = header_timeout
         self.refusal = refusal
         self.options = options
+        self.event_loop = asyncio.get_running_loop()
+        self.now = self.event_loop.time
+        self._sweep: asyncio.TimerHandle | None = None
 
     def __call__(self) -> GatewayConnection:
-        return GatewayConnection(self, loop=asyncio.get_running_loop(), **self.options)
+        if self._sweep is None:
+            self._sweep = self.event_loop.call_later(SWEEP_INTERVAL, self._sweep_heads)
+        return GatewayConnection(self, loop=self.event_loop, **self.options)
+
+    def _sweep_heads(self) -> None:
+        self._sweep = None
+        timeout = self.header_timeout()
+        connections = self.connections
+        if timeout > 0:
+            now = self.now()
+            for connection in connections:
+                if isinstance(connection, GatewayConnection) and connection.head_overdue(
+                    now, timeout
+                ):
+                    connection.force_close()
+        if connections:
+            self._sweep = self.event_loop.call_later(SWEEP_INTERVAL, self._sweep_heads)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        await super().shutdown(timeout)
 
 
 class _Verbatim:

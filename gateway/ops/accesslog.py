@@ -51,10 +51,12 @@ class AccessLog:
         route: str | None,
         code: str | None,
     ) -> None:
+        # method (an HTTP token), request_id ([A-Za-z0-9._-]), client_ip, key_id (the
+        # gateway's own ids) and code need no escaping; path and route may.
         self._lines.append(
-            f'{{"ts":{time.time():.3f},"msg":"request","method":{_json(method)},'
+            f'{{"ts":{time.time():.3f},"msg":"request","method":"{method}",'
             f'"path":{_json(self.mask(path))},"status":{status},'
-            f'"duration_ms":{duration * 1000:.2f},"request_id":{_json(request_id)},'
+            f'"duration_ms":{duration * 1000:.2f},"request_id":"{request_id}",'
             f'"client_ip":{_json(client_ip)},"key_id":{_json(key_id)},"route":{_json(route)},'
             f'"code":{_json(code)}}}'
         )

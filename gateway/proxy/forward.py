@@ -63,7 +63,7 @@ _UNAVAILABLE = Denial("upstream_unavailable")
 _TIMEOUT = Denial("upstream_timeout")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Exchange:
     """What :func:`forward` needs besides the request: all decided by the caller."""
 
@@ -73,7 +73,8 @@ class Exchange:
     timeout: float  # to the response head
     max_body: int
     body_idle_timeout: float
-    extra_headers: dict[str, str] | None
+    extra_headers: dict[str, str] | None  # the gateway's own, replacing the upstream's
+    replaced: frozenset[str]  # their names, lower case
     relocate: Callable[[bytes], bytes] | None  # Location rewriting
 
 
@@ -225,11 +226,11 @@ async def _respond(
     request: web.BaseRequest, response: Response, exchange: Exchange
 ) -> web.StreamResponse:
     status = response.status
-    headers = response_headers(response.headers, relocate=exchange.relocate)
+    headers = response_headers(
+        response.headers, replaced=exchange.replaced, relocate=exchange.relocate
+    )
     extra = exchange.extra_headers
-    if extra:  # the gateway's own replace the upstream's (X-Request-Id, rate limits)
-        own = {name.lower() for name in extra}
-        headers = [(n, v) for n, v in headers if n.lower() not in own]
+    if extra:
         headers.extend(extra.items())
     reason = response.reason.decode("latin-1") or None
     bodiless = request.method == "HEAD" or status in NO_BODY_STATUSES

@@ -134,29 +134,67 @@ def _listed(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return connection_tokens(values) if values else frozenset()
 
 
+RESPONSE_KEEP, RESPONSE_DROP, RESPONSE_LOCATION, RESPONSE_CONNECTION = 0, 1, 2, 3
+_response_verdicts: dict[bytes, tuple[int, str, str]] = {}
+_connection_values: dict[bytes, frozenset[bytes]] = {}
+
+
+def _response_verdict(name: bytes) -> tuple[int, str, str]:
+    """(kind, the name as text, its lower case) for a response header name, cached."""
+    found = _response_verdicts.get(name)
+    if found is None:
+        text = name.decode("latin-1")
+        lower = text.lower()
+        if lower == "connection":
+            kind = RESPONSE_CONNECTION
+        elif lower in HOP_BY_HOP:
+            kind = RESPONSE_DROP
+        elif lower == "location":
+            kind = RESPONSE_LOCATION
+        else:
+            kind = RESPONSE_KEEP
+        found = (kind, text, lower)
+        if len(_response_verdicts) >= _MAX_CACHED:
+            _response_verdicts.clear()
+        _response_verdicts[name] = found
+    return found
+
+
+def _listed_by(value: bytes) -> frozenset[bytes]:
+    """Header names a response's ``Connection`` value lists, beyond keep-alive and close."""
+    found = _connection_values.get(value)
+    if found is None:
+        found = connection_tokens((value,)) - {b"keep-alive", b"close"}
+        if len(_connection_values) >= 64:
+            _connection_values.clear()
+        _connection_values[value] = found
+    return found
+
+
 def response_headers(
     raw: list[tuple[bytes, bytes]],
     *,
+    replaced: frozenset[str] = frozenset(),
     relocate: Callable[[bytes], bytes] | None = None,
 ) -> list[tuple[str, str]]:
     """The upstream's response headers to pass back: hop-by-hop and framing removed,
-    every ``Set-Cookie`` line kept, ``Location`` rewritten by ``relocate``."""
-    listed: frozenset[bytes] | None = None
+    every ``Set-Cookie`` line kept, ``Location`` rewritten by ``relocate``, and the
+    names in ``replaced`` (lower case: the gateway sets its own) left out."""
     out: list[tuple[str, str]] = []
+    listed: frozenset[bytes] = frozenset()
     for name, value in raw:
-        lower = name.lower()
-        if lower in _RESPONSE_DROP:
+        kind, text, lower = _response_verdict(name)
+        if kind == RESPONSE_KEEP:
+            if lower in replaced:
+                continue
+        elif kind == RESPONSE_LOCATION:
+            if relocate is not None:
+                value = relocate(value)
+        else:
+            if kind == RESPONSE_CONNECTION:
+                listed = listed | _listed_by(value)
             continue
-        if lower == b"connection" or lower == b"keep-alive":
-            continue
-        if listed is None:
-            listed = connection_tokens(v for n, v in raw if n.lower() == b"connection")
-        if listed and lower in listed:
-            continue
-        if relocate is not None and lower == b"location":
-            value = relocate(value)
-        out.append((name.decode("latin-1"), value.decode("utf-8", "replace")))
+        out.append((text, value.decode("utf-8", "replace")))
+    if listed:
+        out = [(n, v) for n, v in out if n.lower().encode("latin-1") not in listed]
     return out
-
-
-_RESPONSE_DROP = frozenset(n.encode() for n in HOP_BY_HOP)

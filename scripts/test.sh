@@ -19,6 +19,7 @@ PY
     echo "test: no Redis at 127.0.0.1:6379; tests start an embedded redis-server" >&2
   fi
 fi
+.venv/bin/ruff check --quiet . || { echo "test: ruff found problems (above)" >&2; exit 1; }
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -73,7 +74,7 @@ class Client:
 
     async def body(self, head: Head, timeout: float = READ_TIMEOUT) -> bytes:
         """The body framed as ``head`` says: Content-Length, chunked, or up to the close."""
-        if head.status in (100, 204, 304) or 100 <= head.status < 200:
+        if 100 <= head.status < 200 or head.status in (204, 304):
             return b""
         if head.headers.get("Transfer-Encoding", "").lower() == "chunked":
             return await asyncio.wait_for(self._chunked(), timeout)
@@ -107,7 +108,7 @@ class Client:
 def request_bytes(
     method: str,
     target: str,
-    headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    headers: Iterable[tuple[str, str]] = (),
     body: bytes = b"",
     *,
     version: str = "HTTP/1.1",
@@ -340,6 +341,7 @@ def routes(recorder: RecordingUpstream, demo_url: str) -> list[dict[str, Any]]:
         {"name": "admin", "match": "/admin", "upstream": rec},
         {"name": "v1", "match": "/v1", "upstream": rec},
         {"name": "echo", "match": "/echo", "upstream": demo_url},
+        {"name": "redirect", "match": "/redirect", "upstream": demo_url},
         {"name": "svc", "match": "/svc", "upstream": demo_url, "strip_prefix": True},
         {"name": "public", "match": "/", "upstream": rec, "auth": "none"},
     ]
@@ -510,38 +512,31 @@ class TestRequestIds:
 # -- 4. Server -------------------------------------------------------------------------
 
 
+OWN_ANSWERS = {
+    "401": (b"GET /admin/x HTTP/1.1\r\nHost: h\r\n\r\n", 401),
+    "404": (b"GET /nowhere HTTP/1.1\r\nHost: h\r\n\r\n", 404),
+    "management-verify": (b"GET /v1/auth/verify HTTP/1.1\r\nHost: h\r\n{auth}\r\n", 200),
+    "management-account": (b"GET /v1/account HTTP/1.1\r\nHost: h\r\n{auth}\r\n", 200),
+    "management-401": (b"GET /v1/auth/verify HTTP/1.1\r\nHost: h\r\n\r\n", 401),
+    "connect": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 400),
+    "malformed": (b"GET /admin/x HTTP/1.1\r\nHost: h\r\nno colon here\r\n\r\n", 400),
+}
+
+
 class TestServerHeader:
+    @pytest.mark.parametrize("answer", list(OWN_ANSWERS))
     async def test_the_gateways_own_answers_name_no_version(
-        self, start_gateway, base_config, recorder
+        self, start_gateway, base_config, recorder, answer
     ):
         gw = await start_gateway(
             base_config(routes=[{"name": "admin", "match": "/admin", "upstream": recorder.url}])
         )
-        account = await new_account(gw.service)
-        _, secret = await new_key(gw.service, account)
-        answers = {
-            "401": await exchange(gw.url, request_bytes("GET", "/admin/x")),
-            "404": await exchange(gw.url, request_bytes("GET", "/nowhere")),
-            "management": await exchange(
-                gw.url, request_bytes("GET", "/v1/auth/verify", [auth(secret)])
-            ),
-            "connect": await exchange(
-                gw.url, request_bytes("CONNECT", "example.com:443", host="example.com:443")
-            ),
-            "malformed": await exchange(
-                gw.url, b"GET /admin/x HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"
-            ),
-        }
-        statuses = {name: head.status for name, (head, _) in answers.items()}
-        assert statuses == {
-            "401": 401,
-            "404": 404,
-            "management": 200,
-            "connect": 400,
-            "malformed": 400,
-        }, statuses
-        for head, _ in answers.values():
-            assert_versionless_server(head.headers)
+        _, secret = await new_key(gw.service, await new_account(gw.service))
+        data, status = OWN_ANSWERS[answer]
+        data = data.replace(b"{auth}", f"Authorization: Bearer {secret}\r\n".encode())
+        head, body = await exchange(gw.url, data)
+        assert head.status == status, (head.raw, body)
+        assert_versionless_server(head.headers)
         assert recorder.requests == []
 
     @pytest.mark.parametrize("shape", ["whole", "streamed"])
@@ -592,9 +587,9 @@ class TestStrictTargets:
     )
     async def test_refused_with_bad_request_and_never_forwarded(self, gw, recorder, target):
         head, body = await exchange(gw.url, request_bytes("GET", target))
-        assert_envelope(head, body, 400, "bad_request")
         await recorder.settle(0.2)
         assert recorder.requests == [] and recorder.cut == []
+        assert_envelope(head, body, 400, "bad_request")
 
     async def test_a_raw_space_is_refused_in_the_envelope(self, gw, recorder):
         head, body = await exchange(gw.url, request_bytes("GET", "/a b"))
@@ -740,9 +735,7 @@ class TestFidelity:
 
     async def test_location_to_the_upstream_origin_becomes_the_clients(self, gw, key, upstream):
         to = quote(f"{upstream_url(upstream)}/next", safe="")
-        head, _ = await exchange(
-            gw.url, request_bytes("GET", f"/echo/redirect?to={to}", [auth(key[1])])
-        )
+        head, _ = await exchange(gw.url, request_bytes("GET", f"/redirect?to={to}", [auth(key[1])]))
         assert head.status == 302, head.raw
         assert head.headers.getall("Location") == [f"http://{CLIENT_HOST}/next"]
 
@@ -827,7 +820,8 @@ class TestFraming:
 @pytest.fixture(scope="module")
 def httpbin_url() -> Iterator[str]:
     """httpbin (Flask) served by werkzeug as a separate process on 127.0.0.1."""
-    pytest.importorskip("httpbin", exc_type=ImportError)
+    if importlib.util.find_spec("httpbin") is None:
+        pytest.skip("httpbin is not installed")  # installed but broken fails below, loudly
     port = free_port()
     code = (
         "import sys\n"

@@ -49,9 +49,10 @@ sys.path.insert(0, str(ROOT))
 from gateway.config import parse_config  # noqa: E402
 from gateway.keys.audit import AuditLog  # noqa: E402
 from gateway.keys.format import base62  # noqa: E402
-from gateway.keys.model import KeyRecord, isoformat, utcnow  # noqa: E402
+from gateway.keys.model import KeyRecord  # noqa: E402
 from gateway.keys.service import CLI, KeyService  # noqa: E402
 from gateway.keys.store import KeyStore  # noqa: E402
+from gateway.timefmt import isoformat, utcnow
 
 
 async def seed_keys(store: KeyStore, account_id: str, count: int, batch: int = 5000) -> None:

@@ -56,12 +56,12 @@ def build(n: int) -> None:  # noqa: PLR0915 - one linear script
     from gateway.keys.cache import KeyCache
     from gateway.keys.format import generate_secret, hash_secret, parse_mode
     from gateway.keys.model import CompiledKey, KeyRecord
-    from gateway.ops.accesslog import AccessLog
-    from gateway.ops.metrics import Metrics
     from gateway.pipeline import Pipeline
     from gateway.proxy import headers as hdrs
     from gateway.proxy.paths import normalise_path
     from gateway.runtime import Snapshot
+    from gateway.telemetry.accesslog import AccessLog
+    from gateway.telemetry.metrics import Metrics
 
     config = Config.model_validate(
         {
@@ -205,7 +205,7 @@ def build(n: int) -> None:  # noqa: PLR0915 - one linear script
         n,
     )
     metrics = Metrics()
-    timed("ops.metrics: observe", lambda: metrics.observe("bench", "ok", 0.004, None), n)
+    timed("telemetry.metrics: observe", lambda: metrics.observe("bench", "ok", 0.004, None), n)
     log = AccessLog("sk", stream=io.StringIO())
 
     def log_write():
@@ -224,7 +224,7 @@ def build(n: int) -> None:  # noqa: PLR0915 - one linear script
             log.flush()
             log._stream = io.StringIO()
 
-    timed("ops.accesslog: write (json.dumps, amortised flush)", log_write, n)
+    timed("telemetry.accesslog: write (json.dumps, amortised flush)", log_write, n)
 
 
 def main() -> None:

@@ -26,9 +26,7 @@ from .keys.invalidation import InvalidationListener
 from .keys.service import KeyService
 from .keys.store import KeyStore
 from .management import local_routes
-from .ops.accesslog import AccessLog
 from .ops.admin import admin_routes
-from .ops.metrics import Metrics
 from .ops.reload import ConfigReloader
 from .pipeline import Pipeline
 from .ratelimit import RateLimiter, RedisLimitStore
@@ -36,6 +34,8 @@ from .ratelimit.policy import plan_rate
 from .request_id import RequestIds
 from .runtime import Runtime, Snapshot
 from .store.connection import StoreHandle, open_store
+from .telemetry.accesslog import AccessLog
+from .telemetry.metrics import Metrics
 from .usage import UsageRecorder
 
 log = logging.getLogger("gateway")

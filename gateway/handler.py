@@ -214,7 +214,11 @@ class PublicHandler:
             if result.rate is not None:
                 extra = result.rate.headers()
         target = route.target_for(mode)
-        breaker = rt.breakers.of(route, target.origin) if route.circuit_breaker else None
+        breaker = (
+            rt.breakers.get(route.name, target.origin, *route.circuit_breaker)
+            if route.circuit_breaker
+            else None
+        )
         if breaker is not None and not breaker.allow():
             rt.metrics.upstream_errors.labels(route.name, "circuit_open").inc()
             return self._with(self.refuse(circuit_open(breaker), ctx), extra)

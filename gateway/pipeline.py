@@ -170,7 +170,7 @@ class Pipeline:
 
     def restrict(self, key: CompiledKey, attempt: Attempt) -> Denial | None:
         """Status, restrictions and permission, in the SPEC's order."""
-        denial = key_status_denial(key, self.clock())
+        denial = key_status_denial(key.revoked, key.expires_at, self.clock())
         if denial is not None:
             return denial
         if key.allowed_ips and not ip_allowed(attempt.client_ip, key.allowed_ips):

@@ -13,14 +13,14 @@ from .keys.invalidation import InvalidationListener
 from .keys.model import CompiledKey
 from .keys.service import KeyService
 from .keys.store import KeyStore
-from .ops.accesslog import AccessLog
-from .ops.metrics import Metrics
 from .pipeline import Pipeline
 from .proxy.breaker import Breakers
 from .proxy.upstream import UpstreamPool
 from .ratelimit import RateLimiter
 from .request_id import RequestIds
 from .routing import Router
+from .telemetry.accesslog import AccessLog
+from .telemetry.metrics import Metrics
 from .usage import UsageRecorder
 
 LocalHandler = Callable[..., Awaitable[Any]]

@@ -14,8 +14,8 @@ from datetime import timedelta
 from conftest import bearer, new_account, new_key, run_cli, service_for, write_config
 
 from gateway.config import parse_config
-from gateway.keys.model import parse_time, utcnow
 from gateway.keys.service import CLI
+from gateway.timefmt import parse_time, utcnow
 
 
 async def test_api_changes_are_recorded_with_the_calling_key_and_request(

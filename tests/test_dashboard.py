@@ -26,8 +26,8 @@ from conftest import bearer, gateways, new_account, new_key, upstream_url
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from gateway.demo.upstream import create_upstream
-from gateway.keys.model import isoformat, utcnow
 from gateway.keys.service import CLI as CLI_ACTOR
+from gateway.timefmt import isoformat, utcnow
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

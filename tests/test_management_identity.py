@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from conftest import bearer, new_account, new_key
 
-from gateway.keys.model import isoformat, utcnow
 from gateway.keys.service import CLI
+from gateway.timefmt import isoformat, utcnow
 
 VERIFY_FIELDS = {
     "valid", "key_id", "name", "mode", "account_id", "permissions", "created_at",

@@ -496,7 +496,7 @@ async def test_usage_answers_thirty_utc_days_newest_first(admin, http):
 
 
 async def test_usage_reads_counts_through_the_usage_source(admin, http):
-    from gateway.keys.model import utcnow
+    from gateway.timefmt import utcnow
 
     gw, account, _, headers = admin
     key_id, _ = await new_key(gw.service, account)

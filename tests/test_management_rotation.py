@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from conftest import bearer, new_account, new_key, upstream_url
 
-from gateway.keys.model import parse_time, utcnow
+from gateway.timefmt import parse_time, utcnow
 
 SETTINGS = {
     "name": "payments backend",

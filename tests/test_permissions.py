@@ -8,7 +8,7 @@ import pytest
 
 from gateway.checks.permission import permission_denial
 from gateway.config import parse_config
-from gateway.keys.permissions import any_satisfies, satisfies, validate_permission
+from gateway.permissions import any_satisfies, satisfies, validate_permission
 from gateway.routing import Route
 
 # (held, required, satisfied) — every rule of SPEC §2 and the cases it rules out.

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from conftest import bearer, new_account, new_key, run_cli, service_for, upstream_url
 
 from gateway.config import parse_config
-from gateway.keys.model import isoformat, utcnow
+from gateway.timefmt import isoformat, utcnow
 
 pytestmark = pytest.mark.integration
 

@@ -39,10 +39,10 @@ from gateway.config import parse_config
 from gateway.config.loader import ConfigError
 from gateway.keys.audit import AuditLog
 from gateway.keys.format import generate_secret
-from gateway.keys.model import isoformat, utcnow
 from gateway.keys.service import CLI
 from gateway.keys.store import KeyStore
 from gateway.store.connection import StoreUnavailable, open_store
+from gateway.timefmt import isoformat, utcnow
 from gateway.usage.reader import UsageReader
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..denials import Denial
-from ..keys.permissions import any_satisfies
+from ..permissions import any_satisfies
 
 
 def permission_denial(held: tuple[str, ...], required: str | None) -> Denial | None:

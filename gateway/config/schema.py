@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
 
+from ..permissions import validate_permission
+from ..proxy.paths import PathError, normalise_path
 from .units import Rate, parse_duration, parse_rate
 
 HTTP_METHODS = frozenset(
@@ -221,8 +223,6 @@ class RouteConfig(_Model):
     def _match_path(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("must start with /")
-        from ..proxy.paths import PathError, normalise_path
-
         try:
             normalised = normalise_path(value)
         except PathError as exc:
@@ -259,8 +259,6 @@ class RouteConfig(_Model):
     def _permissions(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         if value is None:
             return None
-        from ..keys.permissions import validate_permission
-
         out: dict[str, str] = {}
         for method, permission in value.items():
             key = method.upper()

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from ..store.connection import STORE_ERRORS, StoreUnavailable
-from .model import isoformat, utcnow
+from ..timefmt import isoformat, utcnow
 
 MAX_EVENTS = 100_000
 

@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ..checks.endpoint import EndpointRule, compile_allowed_endpoints
 from ..checks.ip import Network, compile_allowed_ips
 from ..checks.referrer import ReferrerRule, compile_allowed_referrers
 from ..config.units import Rate, parse_rate
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def isoformat(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+from ..timefmt import parse_time, utcnow
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,12 @@ from ..checks.ip import compile_allowed_ips
 from ..checks.referrer import compile_referrer
 from ..config.schema import Config
 from ..config.units import parse_duration, parse_rate
+from ..permissions import validate_permission
 from ..store.connection import StoreUnavailable
+from ..timefmt import isoformat, parse_time, utcnow
+from ..usage.reader import UsageReader
 from .format import generate_secret, hash_secret, new_id
-from .model import Account, KeyRecord, isoformat, parse_time, utcnow
-from .permissions import validate_permission
+from .model import Account, KeyRecord
 from .store import KeyStore
 
 log = logging.getLogger("gateway.keys")
@@ -423,8 +425,6 @@ class KeyService:
 
     async def usage_days(self, record: KeyRecord, days: int = 30) -> list[dict[str, Any]]:
         """The key's daily request counts by outcome, newest UTC day first."""
-        from ..usage.reader import UsageReader
-
         return await UsageReader(self.store.client, self.store.prefix).days(record, days)
 
 

@@ -10,6 +10,7 @@ operation.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ..pipeline import Attempt, attempt_for
 from ..store.connection import StoreUnavailable
 from . import identity, keys
 from .calls import BodyTooLarge, Call, body_limit
+from .openapi import openapi_document
 
 if TYPE_CHECKING:
     from ..pipeline import RequestContext
@@ -175,10 +177,6 @@ class ManagementAPI:
 
     def _openapi_answer(self, ctx: RequestContext) -> web.Response:
         if self._openapi is None:
-            import json
-
-            from .openapi import openapi_document
-
             self._openapi = json.dumps(openapi_document(self.prefix), indent=1).encode()
         response = web.Response(body=self._openapi, content_type="application/json")
         response.headers["X-Request-Id"] = ctx.request_id

@@ -15,8 +15,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from ..keys.model import isoformat, utcnow
 from ..keys.service import Actor, InvalidRequest
+from ..timefmt import isoformat, utcnow
 
 if TYPE_CHECKING:
     from ..pipeline import Principal, RequestContext

@@ -14,7 +14,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..keys.model import KeyRecord, utcnow
+from ..keys.model import KeyRecord
+from ..timefmt import utcnow
 
 if TYPE_CHECKING:
     from ..runtime import Runtime

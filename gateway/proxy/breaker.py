@@ -18,12 +18,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..denials import Denial
-
-if TYPE_CHECKING:
-    from ..routing import Route
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -80,11 +76,6 @@ class Breakers:
             breaker = CircuitBreaker(failures, cooldown, clock=self._clock)
             self._breakers[(route, upstream)] = breaker
         return breaker
-
-    def of(self, route: Route, upstream: str) -> CircuitBreaker:
-        """The breaker of ``route`` towards ``upstream`` (the route must have one configured)."""
-        failures, cooldown = route.circuit_breaker  # type: ignore[misc]
-        return self.get(route.name, upstream, failures, cooldown)
 
 
 def circuit_open(breaker: CircuitBreaker) -> Denial:

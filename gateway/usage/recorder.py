@@ -27,8 +27,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ..denials import FAULTS
-from ..keys.model import isoformat
 from ..store.connection import STORE_ERRORS
+from ..timefmt import isoformat
 from .reader import RETENTION_DAYS, UsageReader, usage_key
 
 log = logging.getLogger("gateway.usage")

@@ -1,0 +1,1 @@
+"""What the gateway tells about its traffic: the access log and the Prometheus metrics."""

@@ -49,6 +49,7 @@ def unique_key_prefix() -> str:
     """A key prefix of its own for one test (or one process it starts)."""
     return f"{SESSION_PREFIX}{uuid.uuid4().hex[:12]}:"
 
+
 OUTPUT = ROOT / "test-output"
 
 
@@ -123,7 +124,10 @@ def base_config(redis_url: str, key_prefix: str) -> Callable[..., dict[str, Any]
             "server": {"host": "127.0.0.1", "port": 0, "access_log": True},
             "admin": {"host": "127.0.0.1", "port": 0},
             "redis": {"url": redis_url, "key_prefix": key_prefix},
-            "plans": {"default": {"rate_limit": "100000/minute"}, "pro": {"rate_limit": "1000000/minute"}},
+            "plans": {
+                "default": {"rate_limit": "100000/minute"},
+                "pro": {"rate_limit": "1000000/minute"},
+            },
         }
         for name, value in sections.items():
             if isinstance(value, dict) and isinstance(data.get(name), dict):
@@ -260,7 +264,9 @@ class GatewayProcess:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None) -> GatewayProcess:
+    def start(
+        self, *extra: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> GatewayProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - held open for the process's life, closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--config", str(self.config_path), "serve", *extra],
@@ -330,7 +336,9 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
         process.stop()
 
 
-def run_cli(config_path: Path | str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    config_path: Path | str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", "--config", str(config_path), *args],
         capture_output=True,

@@ -5,10 +5,18 @@ from __future__ import annotations
 from conftest import bearer, new_account, new_key, upstream_url
 
 
-async def test_valid_key_reaches_upstream_with_identity_headers(start_gateway, base_config, upstream, http):
-    gw = await start_gateway(base_config(routes=[{"name": "users", "match": "/v1/users", "upstream": upstream_url(upstream)}]))
+async def test_valid_key_reaches_upstream_with_identity_headers(
+    start_gateway, base_config, upstream, http
+):
+    gw = await start_gateway(
+        base_config(
+            routes=[{"name": "users", "match": "/v1/users", "upstream": upstream_url(upstream)}]
+        )
+    )
     account = await new_account(gw.service)
-    key_id, secret = await new_key(gw.service, account, permissions=["read"], metadata={"team": "a"})
+    key_id, secret = await new_key(
+        gw.service, account, permissions=["read"], metadata={"team": "a"}
+    )
     async with http.get(gw.url + "/v1/users/7?x=1", headers=bearer(secret)) as resp:
         assert resp.status == 200
         body = await resp.json()
@@ -25,7 +33,11 @@ async def test_valid_key_reaches_upstream_with_identity_headers(start_gateway, b
 
 
 async def test_missing_key_is_401_with_bare_challenge(start_gateway, base_config, upstream, http):
-    gw = await start_gateway(base_config(routes=[{"name": "users", "match": "/v1/users", "upstream": upstream_url(upstream)}]))
+    gw = await start_gateway(
+        base_config(
+            routes=[{"name": "users", "match": "/v1/users", "upstream": upstream_url(upstream)}]
+        )
+    )
     async with http.get(gw.url + "/v1/users") as resp:
         assert resp.status == 401
         assert resp.headers["WWW-Authenticate"] == 'Bearer realm="api"'

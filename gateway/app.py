@@ -42,6 +42,7 @@ log = logging.getLogger("gateway")
 
 StoreFactory = Callable[[Config], StoreHandle]
 KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default is an hour
+LINGERING_TIME = 1.0
 
 
 class GatewayApp:
@@ -151,6 +152,9 @@ class GatewayApp:
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
+            # After a refusal whose body was not read (413, 408), read what still comes
+            # for at most this long before closing, not aiohttp's 10 s.
+            lingering_time=LINGERING_TIME,
             **parser_limits(config.server),
         )
         return runtime

@@ -24,6 +24,7 @@ from .checks.target import TargetError, split_target, strict_target, target_deni
 from .compat.aiohttp import (
     BadHttpMessage,
     GatewayConnection,
+    InvalidURLError,
     line_too_long_limit,
     response_started,
 )
@@ -92,6 +93,8 @@ class PublicHandler:
                 if local is not None:
                     route_name = "management"
                     response = await local(request, ctx)
+                    if not response.prepared:
+                        response.headers.setdefault("Server", SERVER)
                 else:
                     response = await self.proxy(request, ctx, snapshot, connection)
                     if ctx.route is not None:
@@ -355,6 +358,10 @@ class PublicHandler:
                 denial = Denial(code)
             elif "Too many headers" in str(exc):
                 denial = Denial("request_header_fields_too_large")
+            elif isinstance(exc, InvalidURLError):  # a control or non-ASCII byte in the target
+                denial = target_denial(
+                    TargetError("the request target holds a character HTTP does not allow")
+                )
             else:
                 denial = MALFORMED
             log.debug("refused a malformed request from %s: %s", request.remote, exc)

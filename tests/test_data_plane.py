@@ -821,7 +821,7 @@ class TestFraming:
 def httpbin_url() -> Iterator[str]:
     """httpbin (Flask) served by werkzeug as a separate process on 127.0.0.1."""
     if importlib.util.find_spec("httpbin") is None:
-        pytest.skip("httpbin is not installed")  # installed but broken fails below, loudly
+        pytest.fail("httpbin is not installed: run scripts/setup.sh (the test extra holds it)")
     port = free_port()
     code = (
         "import sys\n"

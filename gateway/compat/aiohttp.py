@@ -28,12 +28,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, InvalidURLError, LineTooLong
 
 __all__ = [
     "BadHttpMessage",
     "GatewayConnection",
     "GatewayServer",
+    "InvalidURLError",
     "ParserRefusal",
     "VerbatimBody",
     "VerbatimResponse",

@@ -31,6 +31,8 @@ HOP_BY_HOP = frozenset(
 GATEWAY_SET = frozenset(
     {"host", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 )
+# Answered by the gateway itself: it sent its own ``100 Continue`` after the checks.
+ANSWERED = frozenset({"expect"})
 GATEWAY_PREFIX = "x-gateway-"
 
 KEEP, DROP, AUTHORIZATION, FORWARDED_FOR = 0, 1, 2, 3
@@ -48,7 +50,12 @@ def _verdict_of(name: bytes) -> int:
         return AUTHORIZATION if name.lower() == b"authorization" else DROP
     if canonical == "x-forwarded-for":
         return FORWARDED_FOR if name.lower() == b"x-forwarded-for" else DROP
-    if canonical in HOP_BY_HOP or canonical in GATEWAY_SET or canonical.startswith(GATEWAY_PREFIX):
+    if (
+        canonical in HOP_BY_HOP
+        or canonical in GATEWAY_SET
+        or canonical in ANSWERED
+        or canonical.startswith(GATEWAY_PREFIX)
+    ):
         return DROP
     return KEEP
 

@@ -19,6 +19,7 @@ class Fault:
     type: str
     message: str
     challenge: str | None = None  # RFC 6750 `error` attribute, "" for a bare challenge
+    retry_after: int | None = None  # seconds, when the answer always says when to come back
 
 
 FAULTS: dict[str, Fault] = {
@@ -71,7 +72,7 @@ FAULTS: dict[str, Fault] = {
     ),
     "rate_limit_exceeded": Fault(429, "rate_limit_error", "Rate limit exceeded"),
     "auth_backend_unavailable": Fault(
-        503, "api_error", "The key store is unavailable; try again shortly"
+        503, "api_error", "The key store is unavailable; try again shortly", retry_after=5
     ),
     "service_unavailable": Fault(503, "api_error", "The upstream is temporarily unavailable"),
     "upstream_unavailable": Fault(502, "api_error", "The upstream service is unavailable"),
@@ -138,10 +139,12 @@ def error_response(denial: Denial, request_id: str) -> web.Response:
     challenge = challenge_header(denial)
     if challenge:
         response.headers["WWW-Authenticate"] = challenge
-    for name, value in denial.headers.items():
+    if fault.retry_after is not None:
+        response.headers["Retry-After"] = str(fault.retry_after)
+    for name, value in denial.headers.items():  # a denial's own Retry-After wins
         response.headers[name] = value
     return response
 
 
-BACKEND_DOWN = Denial("auth_backend_unavailable", headers={"Retry-After": "5"})
+BACKEND_DOWN = Denial("auth_backend_unavailable")
 """The key store did not answer and the key is not cached: every entry point answers this."""

@@ -132,7 +132,17 @@ async def serve_gateway_forwarder(host: str, port: int, upstream: str) -> None:
             forwarded_host=None,
             framing=framing,
         )
-        exchange = Exchange(origin, head, body, 30.0, 10 * 1024 * 1024, 15.0, None, None)
+        exchange = Exchange(
+            origin=origin,
+            head=head,
+            body=body,
+            timeout=30.0,
+            max_body=10 * 1024 * 1024,
+            body_idle_timeout=15.0,
+            extra_headers=None,
+            replaced=frozenset(),
+            relocate=None,
+        )
         return await forward(request, None, pool, exchange)
 
     server = GatewayServer(

@@ -141,6 +141,7 @@ async def serve_gateway_forwarder(host: str, port: int, upstream: str) -> None:
             body_idle_timeout=15.0,
             extra_headers=None,
             replaced=frozenset(),
+            strip_cors=False,
             relocate=None,
         )
         return await forward(request, None, pool, exchange)

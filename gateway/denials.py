@@ -70,6 +70,9 @@ FAULTS: dict[str, Fault] = {
         "This API key lacks permission to perform this action",
         "insufficient_scope",
     ),
+    "cors_not_allowed": Fault(
+        403, "permission_error", "This origin, method or header is not allowed (CORS)"
+    ),
     "rate_limit_exceeded": Fault(429, "rate_limit_error", "Rate limit exceeded"),
     "auth_backend_unavailable": Fault(
         503, "api_error", "The key store is unavailable; try again shortly", retry_after=5

@@ -16,6 +16,7 @@ import time
 
 from aiohttp import web
 
+from .checks.cors import CorsPolicy, is_preflight
 from .checks.head import head_denial
 from .checks.https import is_https
 from .checks.ip import in_networks, parse_ip
@@ -92,9 +93,15 @@ class PublicHandler:
                 local = snapshot.local_handler(ctx.match_path)
                 if local is not None:
                     route_name = "management"
-                    response = await local(request, ctx)
-                    if not response.prepared:
-                        response.headers.setdefault("Server", SERVER)
+                    cors = snapshot.management_cors
+                    if cors is not None and is_preflight(ctx.method, request.headers):
+                        response = self.preflight(request, ctx, cors)
+                    else:
+                        if cors is not None:
+                            ctx.cors = cors.headers_for(request.headers.get("Origin"))
+                        response = await local(request, ctx)
+                        if not response.prepared:
+                            response.headers.setdefault("Server", SERVER)
                 else:
                     response = await self.proxy(request, ctx, snapshot, connection)
                     if ctx.route is not None:
@@ -109,6 +116,8 @@ class PublicHandler:
         finally:
             if connection is not None:
                 connection.request_ended()
+        if ctx.cors is not None and not response.prepared:
+            response.headers.update(ctx.cors)  # errors too, so the page's script can read why
         self.observe(request, ctx, response.status, route_name, started)
         if connection is not None and connection.draining:
             response.force_close()
@@ -188,6 +197,11 @@ class PublicHandler:
             return self.refuse(ROUTE_NOT_FOUND, ctx)
         ctx.route = route
         method = ctx.method
+        cors = route.cors
+        if cors is not None:
+            if is_preflight(method, request.headers):
+                return self.preflight(request, ctx, cors)  # before the method and key checks
+            ctx.cors = cors.headers_for(request.headers.get("Origin"))
         denial = method_denial(route, method) or size_denial(
             request.content_length, server.max_body_bytes
         )
@@ -314,6 +328,8 @@ class PublicHandler:
             replaced = REPLACED_WITH_RATE_LIMIT
         else:
             replaced = REPLACED
+        if ctx.cors is not None:
+            response_extra.update(ctx.cors)
         return Exchange(
             origin=origin,
             head=head,
@@ -323,8 +339,27 @@ class PublicHandler:
             body_idle_timeout=server.body_idle_timeout,
             extra_headers=response_extra,
             replaced=replaced,
+            strip_cors=route.cors is not None,
             relocate=lambda location: target.relocate(location, route, client_origin),
         )
+
+    def preflight(
+        self, request: web.BaseRequest, ctx: RequestContext, cors: CorsPolicy
+    ) -> web.Response:
+        """A CORS preflight, answered here: never forwarded, no key, not counted (SPEC §12)."""
+        headers = request.headers
+        answer = cors.preflight(
+            headers.get("Origin", ""),
+            headers.get("Access-Control-Request-Method", ""),
+            ",".join(headers.getall("Access-Control-Request-Headers", ())),
+        )
+        if isinstance(answer, Denial):
+            return self.refuse(answer, ctx)
+        ctx.code = None
+        response = web.Response(status=204, headers=answer)
+        response.headers["X-Request-Id"] = ctx.request_id
+        response.headers["Server"] = SERVER
+        return response
 
     @staticmethod
     def _with(response: web.Response, extra: dict[str, str] | None) -> web.Response:

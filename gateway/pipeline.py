@@ -75,6 +75,7 @@ class RequestContext:
         "principal",
         "key_id",
         "code",
+        "cors",
     )
 
     def __init__(self, request_id: str, method: str, peer: str | None):
@@ -90,6 +91,7 @@ class RequestContext:
         self.principal: Principal | None = None
         self.key_id: str | None = None  # the key identified, also when it was refused
         self.code: str | None = None
+        self.cors: dict[str, str] | None = None  # CORS headers every answer carries
 
 
 def attempt_for(

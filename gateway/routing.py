@@ -6,7 +6,8 @@ import base64
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .config.schema import HTTP_METHODS, Config, RouteConfig
+from .checks.cors import CorsPolicy
+from .config.schema import HTTP_METHODS, Config, CorsConfig, RouteConfig
 from .config.units import Rate
 from .proxy.paths import match_prefix
 
@@ -78,6 +79,7 @@ class Route:
     target: UpstreamTarget | None = None
     test_target: UpstreamTarget | None = None
     strip_segments: int = 0  # path segments the match takes off with strip_prefix
+    cors: CorsPolicy | None = None
 
     @classmethod
     def build(cls, cfg: RouteConfig) -> Route:
@@ -104,6 +106,7 @@ class Route:
             target=UpstreamTarget.parse(cfg.upstream),
             test_target=UpstreamTarget.parse(cfg.test_upstream) if cfg.test_upstream else None,
             strip_segments=0 if cfg.match == "/" else cfg.match.count("/"),
+            cors=cors_policy(cfg.cors, frozenset(allowed) if methods else None),
         )
 
     def allows(self, method: str) -> bool:
@@ -129,6 +132,19 @@ class Route:
         else:  # the prefix carries parameters: take off whole segments
             rest = "/" + "/".join(path.split("/")[self.strip_segments + 1 :])
         return rest if rest.startswith("/") else "/" + rest
+
+
+def cors_policy(cfg: CorsConfig | None, methods: frozenset[str] | None) -> CorsPolicy | None:
+    if cfg is None:
+        return None
+    return CorsPolicy(
+        allow_origins=cfg.allow_origins,
+        allow_headers=cfg.allow_headers,
+        expose_headers=cfg.expose_headers,
+        max_age=cfg.max_age,
+        allow_credentials=cfg.allow_credentials,
+        methods=methods,
+    )
 
 
 class Router:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks.cors import CorsPolicy
 from .checks.ip import Network
 from .config.schema import Config
 from .keys.cache import KeyCache
@@ -18,7 +19,7 @@ from .proxy.breaker import Breakers
 from .proxy.upstream import UpstreamPool
 from .ratelimit import RateLimiter
 from .request_id import RequestIds
-from .routing import Router
+from .routing import Router, cors_policy
 from .telemetry.accesslog import AccessLog
 from .telemetry.metrics import Metrics
 from .usage import UsageRecorder
@@ -35,6 +36,7 @@ class Snapshot:
     trusted_proxies: tuple[Network, ...]
     local_routes: tuple[tuple[str, bool, LocalHandler], ...] = ()  # (path, is_prefix, handler)
     local_starts: tuple[str, ...] = ()  # every local path starts with one of these
+    management_cors: CorsPolicy | None = None
 
     @classmethod
     def build(
@@ -46,6 +48,9 @@ class Snapshot:
             trusted_proxies=tuple(config.server.trusted_proxies),
             local_routes=local_routes,
             local_starts=tuple({target for target, _, _ in local_routes}),
+            management_cors=cors_policy(
+                config.management.cors, frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE"})
+            ),
         )
 
     def local_handler(self, path: str) -> LocalHandler | None:

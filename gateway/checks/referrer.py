@@ -83,3 +83,24 @@ def referrer_allowed(referer: str | None, rules: tuple[ReferrerRule, ...]) -> bo
         if rule.suffix is not None and host.endswith(rule.suffix) and len(host) > len(rule.suffix):
             return True
     return False
+
+
+def referrer_warnings(patterns: Iterable[str]) -> list[str]:
+    """What a key's ``allowed_referrers`` will not do for browsers: a pattern with a path.
+
+    Browsers send only the page's origin as ``Referer`` on a cross-origin request
+    (the default ``strict-origin-when-cross-origin`` policy), so such a pattern
+    matches same-origin pages only.
+    """
+    warnings = []
+    for index, pattern in enumerate(patterns):
+        if "://" not in pattern:
+            continue
+        path = urlsplit(pattern.replace("*", "x")).path
+        if path not in ("", "/", "/x"):
+            warnings.append(
+                f"allowed_referrers[{index}]: {pattern!r} has a path; browsers send only the "
+                "origin as Referer on cross-origin requests, so it matches same-origin pages "
+                "only (use a host pattern such as 'app.example.com')"
+            )
+    return warnings

@@ -8,12 +8,14 @@ parsed here; the request path only reads the results.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
 
+from ..checks.cors import DEFAULT_ALLOW_HEADERS, DEFAULT_MAX_AGE, parse_origin_pattern
 from ..permissions import validate_permission
 from ..proxy.paths import PathError, normalise_path
 from .units import Rate, parse_duration, parse_rate
@@ -177,9 +179,47 @@ class KeysConfig(_Model):
     rotation_days: int = Field(90, ge=1)
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+
+
+class CorsConfig(_Model):
+    """A route's (or the management API's) answer to browsers (SPEC §12)."""
+
+    allow_origins: tuple[str, ...]
+    allow_headers: tuple[str, ...] = DEFAULT_ALLOW_HEADERS
+    expose_headers: tuple[str, ...] = ()
+    max_age: Duration = DEFAULT_MAX_AGE
+    allow_credentials: bool = False
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one origin (or leave cors out)")
+        return tuple(parse_origin_pattern(v) for v in value)
+
+    @field_validator("allow_headers", "expose_headers")
+    @classmethod
+    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+        return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsConfig:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError(
+                'allow_origins "*" cannot go with allow_credentials: true '
+                "(browsers refuse it); list the origins"
+            )
+        return self
+
+
 class ManagementConfig(_Model):
     path_prefix: str = Field("/v1", pattern=r"^(/[A-Za-z0-9._~-]+)+$")
     enabled: bool = True
+    cors: CorsConfig | None = None
 
 
 class DashboardConfig(_Model):
@@ -217,6 +257,7 @@ class RouteConfig(_Model):
     timeout: Duration = 30.0
     forward_authorization: bool = False
     circuit_breaker: CircuitBreakerConfig | None = None
+    cors: CorsConfig | None = None
 
     @field_validator("match")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..checks.referrer import referrer_warnings
 from ..keys.model import KeyRecord
 from ..keys.service import InvalidRequest
 from .calls import Call, json_answer
@@ -62,8 +63,13 @@ async def create_key(call: Call) -> web.Response:
     actor = call.actor
     record, secret = await call.runtime.service.create_key(actor, actor.account_id, body)
     return json_answer(
-        {"data": {**record.public(), "key": secret}, "meta": call.meta()}, status=201
+        {"data": {**record.public(), "key": secret}, "meta": _meta(call, record)}, status=201
     )
+
+
+def _meta(call: Call, record: KeyRecord) -> dict:
+    warnings = referrer_warnings(record.allowed_referrers)
+    return call.meta(warnings=warnings) if warnings else call.meta()
 
 
 async def get_key(call: Call) -> web.Response:
@@ -74,7 +80,7 @@ async def get_key(call: Call) -> web.Response:
 async def update_key(call: Call) -> web.Response:
     body = await call.json_body()
     record = await call.runtime.service.update_key(call.actor, call.params["id"], body)
-    return json_answer({"data": await _shown(call, record), "meta": call.meta()})
+    return json_answer({"data": await _shown(call, record), "meta": _meta(call, record)})
 
 
 async def revoke_key(call: Call) -> web.Response:

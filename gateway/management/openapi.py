@@ -333,7 +333,18 @@ def _object(properties: dict[str, Any], required: list[str] | None = None) -> di
 
 
 def _schemas() -> dict[str, Any]:
-    meta = _object({"request_id": {"type": "string"}})
+    meta = _object(
+        {
+            "request_id": {"type": "string"},
+            "warnings": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "What in the request works otherwise than it may seem "
+                "(e.g. a referrer pattern with a path, which cross-origin requests never match)",
+            },
+        },
+        required=["request_id"],
+    )
     key = _object(_key_properties())
     new_key = _object({**_key_properties(), "key": {"type": "string", "description": "The secret"}})
     rotated = _object(

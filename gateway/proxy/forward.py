@@ -75,6 +75,7 @@ class Exchange:
     body_idle_timeout: float
     extra_headers: dict[str, str] | None  # the gateway's own, replacing the upstream's
     replaced: frozenset[str]  # their names, lower case
+    strip_cors: bool  # the route answers CORS itself: the upstream's Access-Control-* go
     relocate: Callable[[bytes], bytes] | None  # Location rewriting
 
 
@@ -227,7 +228,10 @@ async def _respond(
 ) -> web.StreamResponse:
     status = response.status
     headers = response_headers(
-        response.headers, replaced=exchange.replaced, relocate=exchange.relocate
+        response.headers,
+        replaced=exchange.replaced,
+        strip_cors=exchange.strip_cors,
+        relocate=exchange.relocate,
     )
     extra = exchange.extra_headers
     if extra:

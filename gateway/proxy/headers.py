@@ -182,17 +182,19 @@ def response_headers(
     raw: list[tuple[bytes, bytes]],
     *,
     replaced: frozenset[str] = frozenset(),
+    strip_cors: bool = False,
     relocate: Callable[[bytes], bytes] | None = None,
 ) -> list[tuple[str, str]]:
     """The upstream's response headers to pass back: hop-by-hop and framing removed,
     every ``Set-Cookie`` line kept, ``Location`` rewritten by ``relocate``, and the
-    names in ``replaced`` (lower case: the gateway sets its own) left out."""
+    names in ``replaced`` (lower case: the gateway sets its own) left out, with every
+    ``Access-Control-*`` when ``strip_cors`` (the gateway answers CORS itself)."""
     out: list[tuple[str, str]] = []
     listed: frozenset[bytes] = frozenset()
     for name, value in raw:
         kind, text, lower = _response_verdict(name)
         if kind == RESPONSE_KEEP:
-            if lower in replaced:
+            if lower in replaced or (strip_cors and lower.startswith("access-control-")):
                 continue
         elif kind == RESPONSE_LOCATION:
             if relocate is not None:

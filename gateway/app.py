@@ -15,6 +15,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
+import aiohttp
 from aiohttp import web
 
 from .compat.aiohttp import GatewayServer
@@ -29,6 +30,7 @@ from .management import local_routes
 from .ops.admin import admin_routes
 from .ops.reload import ConfigReloader
 from .pipeline import Pipeline
+from .proxy.streams import OpenStreams
 from .ratelimit import RateLimiter, RedisLimitStore
 from .ratelimit.policy import plan_rate
 from .request_id import RequestIds
@@ -121,6 +123,7 @@ class GatewayApp:
             pipeline=Pipeline(prefix=config.keys.prefix, cache=cache, limiter=limiter, usage=usage),
             limiter=limiter,
             usage=usage,
+            streams=OpenStreams(lambda key_hash: runtime.load_key(key_hash)),
             request_ids=RequestIds(config.keys.prefix),
             config_path=self._config_path,
             worker=self._worker,
@@ -129,9 +132,16 @@ class GatewayApp:
         metrics.watch_cache(lambda: (cache.hits, cache.misses, cache.stale_served, len(cache)))
         runtime.snapshot = Snapshot.build(config, local_routes(runtime))
         stack.callback(runtime.pool.close)
+        runtime.websocket_client = aiohttp.ClientSession(
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
+        stack.push_async_callback(runtime.websocket_client.close)
+        stack.callback(runtime.streams.close_all)
         pubsub = handle.open_pubsub(config.redis)  # sentinel: the master; cluster: one node
         stack.push_async_callback(pubsub.aclose)
-        listener = InvalidationListener(pubsub, store.channel, cache)
+        listener = InvalidationListener(
+            pubsub, store.channel, cache, on_change=runtime.streams.changed
+        )
         listener.start()
         stack.push_async_callback(listener.stop)
         runtime.invalidation = listener

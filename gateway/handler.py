@@ -11,9 +11,11 @@ counted in the metrics and written to the access log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
+import aiohttp
 from aiohttp import web
 
 from .checks.cors import CorsPolicy, is_preflight
@@ -30,7 +32,7 @@ from .compat.aiohttp import (
     response_started,
 )
 from .denials import SERVER, Denial, error_response
-from .pipeline import RequestContext, attempt_for
+from .pipeline import Principal, RequestContext, attempt_for
 from .proxy.breaker import circuit_open
 from .proxy.forward import (
     BODYLESS_METHODS,
@@ -43,7 +45,13 @@ from .proxy.forward import (
     UpstreamFailure,
     forward,
 )
-from .proxy.headers import upstream_head
+from .proxy.headers import handshake_headers, upstream_head
+from .proxy.websocket import (
+    WebSocketRelay,
+    is_websocket_upgrade,
+    offered_protocols,
+    split_key,
+)
 from .routing import Route
 from .runtime import Runtime, Snapshot
 
@@ -53,6 +61,12 @@ HTTPS_REQUIRED = Denial("https_required")
 REQUEST_TIMEOUT = Denial("request_timeout")
 MALFORMED = Denial("invalid_request", message="Malformed HTTP request")
 INTERNAL = Denial("internal_error")
+BOTH_KEY_FORMS = Denial(
+    "invalid_authorization_header",
+    message="Send the key either in Authorization or as one bearer.<key> subprotocol, not both",
+)
+UPSTREAM_TIMEOUT = Denial("upstream_timeout")
+UPSTREAM_UNAVAILABLE = Denial("upstream_unavailable")
 # Response headers the gateway sets itself, in place of the upstream's.
 REPLACED = frozenset({"x-request-id"})
 REPLACED_WITH_RATE_LIMIT = REPLACED | {
@@ -211,6 +225,11 @@ class PublicHandler:
         identity = b""
         extra: dict[str, str] | None = None
         mode = None
+        principal = None
+        upgrade = route.websocket and is_websocket_upgrade(method, headers)
+        protocols: list[str] = []
+        if upgrade:
+            protocols = offered_protocols(headers)
         if route.auth_required:
             attempt = attempt_for(
                 ctx,
@@ -220,12 +239,18 @@ class PublicHandler:
                 required_permission=route.required_permission(method),
                 route_rate_limit=route.rate_limit,
             )
+            if upgrade:
+                key, protocols, several = split_key(protocols)
+                if key is not None:
+                    if several or attempt.authorization:  # both forms at once: which one?
+                        return self.refuse(BOTH_KEY_FORMS, ctx)
+                    attempt.authorization = [f"Bearer {key}"]
             result = await rt.pipeline.authenticate(attempt)
             if isinstance(result, Denial):
                 if attempt.key is not None:
                     ctx.key_id = attempt.key.id
                 return self.refuse(result, ctx)
-            ctx.principal = result
+            ctx.principal = principal = result
             identity = result.key.upstream_head
             mode = result.key.record.mode
             if result.rate is not None:
@@ -239,7 +264,13 @@ class PublicHandler:
         if breaker is not None and not breaker.allow():
             rt.metrics.upstream_errors.labels(route.name, "circuit_open").inc()
             return self._with(self.refuse(circuit_open(breaker), ctx), extra)
+        if upgrade:
+            return await self.websocket(request, ctx, route, principal, protocols, identity, extra)
         exchange = self.exchange(request, ctx, route, identity, extra, mode)
+        if principal is not None:
+            exchange.streams = rt.streams
+            exchange.key_hash = principal.key.record.hash
+            exchange.key_expires_at = principal.key.expires_at
         if (
             exchange.body != "none"
             and request.version >= (1, 1)
@@ -360,6 +391,73 @@ class PublicHandler:
         response.headers["X-Request-Id"] = ctx.request_id
         response.headers["Server"] = SERVER
         return response
+
+    async def websocket(
+        self,
+        request: web.BaseRequest,
+        ctx: RequestContext,
+        route: Route,
+        principal: Principal | None,
+        protocols: list[str],
+        identity: bytes,
+        extra: dict[str, str] | None,
+    ) -> web.StreamResponse:
+        """Open the upstream's WebSocket, answer the client's handshake, relay until closed."""
+        rt = self.runtime
+        mode = principal.key.record.mode if principal is not None else None
+        target = route.target_for(mode)
+        scheme, _, rest = target.origin.partition("://")
+        url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}{target.base}"
+        url += route.upstream_path(ctx.path) + (f"?{ctx.query}" if ctx.query else "")
+        exchange = self.exchange(request, ctx, route, identity, None, mode)
+        headers = handshake_headers(exchange.head)
+        assert rt.websocket_client is not None
+        try:
+            async with asyncio.timeout(route.timeout):
+                upstream = await rt.websocket_client.ws_connect(
+                    url,
+                    protocols=protocols,
+                    headers=headers,
+                    autoclose=False,
+                    autoping=True,
+                    max_msg_size=0,
+                )
+        except aiohttp.WSServerHandshakeError as refused:  # the upstream's own refusal
+            ctx.code = "upstream_refused_websocket"
+            response = web.Response(status=refused.status)
+            response.headers["X-Request-Id"] = ctx.request_id
+            return self._with(response, extra)
+        except TimeoutError:
+            return self._with(self.refuse(UPSTREAM_TIMEOUT, ctx), extra)
+        except (aiohttp.ClientError, OSError):
+            return self._with(self.refuse(UPSTREAM_UNAVAILABLE, ctx), extra)
+        client = web.WebSocketResponse(
+            protocols=(upstream.protocol,) if upstream.protocol else (),
+            autoclose=False,
+            autoping=True,
+            max_msg_size=0,
+        )
+        client.headers["X-Request-Id"] = ctx.request_id
+        if extra:
+            client.headers.update(extra)
+        if ctx.cors is not None:
+            client.headers.update(ctx.cors)
+        try:
+            await client.prepare(request)
+        except Exception:
+            await upstream.close()
+            raise
+        relay = WebSocketRelay(client, upstream, route.websocket_idle_timeout)
+        key_hash = principal.key.record.hash if principal is not None else None
+        rt.streams.add(relay, key_hash, principal.key.expires_at if principal else None)
+        gauge = rt.metrics.websockets.labels(route.name)
+        gauge.inc()
+        try:
+            await relay.run()
+        finally:
+            rt.streams.discard(relay, key_hash)
+            gauge.dec()
+        return client
 
     @staticmethod
     def _with(response: web.Response, extra: dict[str, str] | None) -> web.Response:

@@ -80,6 +80,8 @@ class Route:
     test_target: UpstreamTarget | None = None
     strip_segments: int = 0  # path segments the match takes off with strip_prefix
     cors: CorsPolicy | None = None
+    websocket: bool = False
+    websocket_idle_timeout: float = 3600.0
 
     @classmethod
     def build(cls, cfg: RouteConfig) -> Route:
@@ -107,6 +109,8 @@ class Route:
             test_target=UpstreamTarget.parse(cfg.test_upstream) if cfg.test_upstream else None,
             strip_segments=0 if cfg.match == "/" else cfg.match.count("/"),
             cors=cors_policy(cfg.cors, frozenset(allowed) if methods else None),
+            websocket=cfg.websocket,
+            websocket_idle_timeout=cfg.websocket_idle_timeout,
         )
 
     def allows(self, method: str) -> bool:

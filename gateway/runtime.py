@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from .checks.cors import CorsPolicy
 from .checks.ip import Network
 from .config.schema import Config
@@ -16,6 +18,7 @@ from .keys.service import KeyService
 from .keys.store import KeyStore
 from .pipeline import Pipeline
 from .proxy.breaker import Breakers
+from .proxy.streams import OpenStreams
 from .proxy.upstream import UpstreamPool
 from .ratelimit import RateLimiter
 from .request_id import RequestIds
@@ -75,7 +78,9 @@ class Runtime:
     pipeline: Pipeline
     limiter: RateLimiter
     usage: UsageRecorder
+    streams: OpenStreams
     pool: UpstreamPool = field(default_factory=UpstreamPool)
+    websocket_client: aiohttp.ClientSession | None = None  # the upstream leg of WebSockets
     breakers: Breakers = field(default_factory=Breakers)
     request_ids: RequestIds = field(default_factory=RequestIds)
     invalidation: InvalidationListener | None = None

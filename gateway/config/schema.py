@@ -258,6 +258,8 @@ class RouteConfig(_Model):
     forward_authorization: bool = False
     circuit_breaker: CircuitBreakerConfig | None = None
     cors: CorsConfig | None = None
+    websocket: bool = False  # take WebSocket handshakes (SPEC §13)
+    websocket_idle_timeout: Duration = 3600.0
 
     @field_validator("match")
     @classmethod

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
@@ -41,10 +42,12 @@ class InvalidationListener:
         cache: KeyCache,
         *,
         ping_interval: float = 5.0,
+        on_change: Callable[[str], None] | None = None,
     ):
         self.client = client
         self.channel = channel
         self.cache = cache
+        self.on_change = on_change  # told of every changed key's hash (open streams)
         self.ping_interval = ping_interval
         self.connected = asyncio.Event()
         self.subscriptions = 0
@@ -109,6 +112,8 @@ class InvalidationListener:
                 last_heard = now
                 if isinstance(response, list) and len(response) == 3 and response[0] == "message":
                     self.cache.invalidate(response[2])
+                    if self.on_change is not None:
+                        self.on_change(response[2])
                 continue
             if now - last_heard > 3 * self.ping_interval:
                 raise SubscriptionLost(f"no answer on the subscription for {now - last_heard:.0f}s")

@@ -20,6 +20,7 @@ from aiohttp import web
 from ..compat.aiohttp import GatewayConnection, VerbatimBody, VerbatimResponse
 from ..denials import Denial
 from .headers import response_headers
+from .streams import OpenStreams
 from .upstream import Origin, Response, UpstreamConnection, UpstreamError, UpstreamPool
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -77,6 +78,9 @@ class Exchange:
     replaced: frozenset[str]  # their names, lower case
     strip_cors: bool  # the route answers CORS itself: the upstream's Access-Control-* go
     relocate: Callable[[bytes], bytes] | None  # Location rewriting
+    streams: OpenStreams | None = None  # where a streamed answer registers, to be cut
+    key_hash: str | None = None  # the caller's key, whose revocation cuts the stream
+    key_expires_at: float | None = None
 
 
 async def forward(
@@ -143,7 +147,7 @@ async def forward(
             raise
         break
     try:
-        return await _respond(request, response, exchange)
+        return await _respond(request, response, exchange, upstream)
     finally:
         if writer is not None and not writer.done():
             writer.cancel()  # the upstream answered before taking the whole body
@@ -223,8 +227,23 @@ async def _send_body(
         transport.write(b"0\r\n\r\n")
 
 
+class _StreamCut:
+    """A streamed answer in flight: cut by closing both connections (the key was revoked)."""
+
+    __slots__ = ("request", "upstream")
+
+    def __init__(self, request: web.BaseRequest, upstream: UpstreamConnection):
+        self.request = request
+        self.upstream = upstream
+
+    def cut(self, code: int, reason: str) -> None:
+        self.upstream.abandon(UpstreamError("error", reason))
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
+
 async def _respond(
-    request: web.BaseRequest, response: Response, exchange: Exchange
+    request: web.BaseRequest, response: Response, exchange: Exchange, upstream: UpstreamConnection
 ) -> web.StreamResponse:
     status = response.status
     headers = response_headers(
@@ -257,6 +276,10 @@ async def _respond(
                 answer.content_length = int(value)
                 break
     await answer.prepare(request)
+    streams = exchange.streams
+    handle = _StreamCut(request, upstream)
+    if streams is not None:
+        streams.add(handle, exchange.key_hash, exchange.key_expires_at)
     try:
         while True:
             chunk = await response.next_chunk()
@@ -267,5 +290,11 @@ async def _respond(
         if request.transport is not None:
             request.transport.abort()
         raise UpstreamBrokeOff(answer) from exc
+    except ConnectionError:
+        upstream.reusable = False
+        return answer  # the client went away (or was cut): nothing more to send
+    finally:
+        if streams is not None:
+            streams.discard(handle, exchange.key_hash)
     await answer.write_eof()
     return answer

@@ -207,3 +207,20 @@ def response_headers(
     if listed:
         out = [(n, v) for n, v in out if n.lower().encode("latin-1") not in listed]
     return out
+
+
+_HANDSHAKE_OWN = frozenset({b"host", b"upgrade", b"connection", b"content-length"})
+
+
+def handshake_headers(head: bytes) -> list[tuple[str, str]]:
+    """The headers of an upstream request head (:func:`upstream_head`) for a WebSocket
+    handshake made by aiohttp's client, which writes ``Host``, ``Upgrade``,
+    ``Connection`` and every ``Sec-WebSocket-*`` itself."""
+    out = []
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b": ")
+        lower = name.lower()
+        if not sep or lower in _HANDSHAKE_OWN or lower.startswith(b"sec-websocket-"):
+            continue
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    return out

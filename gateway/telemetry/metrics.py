@@ -118,6 +118,10 @@ class Metrics:
         self.store_up = Gauge(
             "gateway_store_up", "1 when the key store answers", registry=self.registry
         )
+        self.websockets = Gauge(
+            "gateway_websocket_connections", "WebSocket connections open now, by route",
+            ["route"], registry=self.registry,
+        )  # fmt: skip
 
     def watch_cache(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
         self.registry.register(_CacheCollector(read))

@@ -1,0 +1,239 @@
+"""WebSockets and long-lived connections (SPEC §13), through a real gateway to a real
+WebSocket upstream on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from conftest import bearer, gateways, new_account, new_key, upstream_url
+
+from gateway.keys.service import CLI
+
+pytestmark = pytest.mark.integration
+
+
+class WsUpstream:
+    """An echo WebSocket server that records each handshake it accepted."""
+
+    def __init__(self) -> None:
+        self.handshakes: list[dict] = []
+        self.closed_with: list[int | None] = []
+        self.server: TestServer | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return web.json_response(
+                {"plain": True, "headers": {k: v for k, v in request.headers.items()}}
+            )
+        ws = web.WebSocketResponse(protocols=("chat",), autoclose=False)
+        await ws.prepare(request)
+        self.handshakes.append(
+            {"path": request.path_qs, "headers": dict(request.headers), "protocol": ws.ws_protocol}
+        )
+        while True:
+            message = await ws.receive()
+            if message.type == aiohttp.WSMsgType.TEXT:
+                if message.data.startswith("close:"):
+                    await ws.close(code=int(message.data[6:]), message=b"upstream says bye")
+                    break
+                await ws.send_str("echo:" + message.data)
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(message.data)
+            elif message.type == aiohttp.WSMsgType.CLOSE:
+                self.closed_with.append(message.data)
+                await ws.close()
+                break
+            else:
+                break
+        return ws
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+        return f"http://127.0.0.1:{self.server.port}"
+
+
+@pytest.fixture
+async def ws_upstream() -> AsyncIterator[WsUpstream]:
+    upstream = WsUpstream()
+    await upstream.start()
+    yield upstream
+    assert upstream.server is not None
+    await upstream.server.close()
+
+
+def routes(ws_upstream: WsUpstream, **extra) -> list[dict]:
+    assert ws_upstream.server is not None
+    url = f"http://127.0.0.1:{ws_upstream.server.port}"
+    return [
+        {"name": "live", "match": "/live", "upstream": url, "websocket": True, **extra},
+        {"name": "plain", "match": "/plain", "upstream": url},
+    ]
+
+
+@pytest.fixture
+async def gw(start_gateway, base_config, ws_upstream):
+    return await start_gateway(base_config(routes=routes(ws_upstream)))
+
+
+@pytest.fixture
+async def key(gw):
+    account = await new_account(gw.service)
+    key_id, secret = await new_key(gw.service, account, permissions=["read"])
+    return key_id, secret
+
+
+def ws_url(gw, path: str) -> str:
+    return gw.url.replace("http://", "ws://") + path
+
+
+async def test_a_key_in_authorization_opens_a_relayed_socket_with_identity_headers(
+    gw, http, key, ws_upstream
+):
+    key_id, secret = key
+    async with http.ws_connect(ws_url(gw, "/live/feed?x=1"), headers=bearer(secret)) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "echo:hello"
+        await ws.send_bytes(b"\x00\x01")
+        assert (await ws.receive(timeout=5)).data == b"\x00\x01"
+    seen = ws_upstream.handshakes[0]
+    assert seen["path"] == "/live/feed?x=1"
+    assert seen["headers"]["X-Gateway-Key-Id"] == key_id
+    assert "Authorization" not in seen["headers"]
+
+
+async def test_the_key_as_a_subprotocol_is_removed_before_the_upstream(gw, http, key, ws_upstream):
+    _, secret = key
+    async with http.ws_connect(
+        ws_url(gw, "/live/feed"), protocols=(f"bearer.{secret}", "chat")
+    ) as ws:
+        assert ws.protocol == "chat"  # what the upstream selected
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+    offered = ws_upstream.handshakes[0]["headers"]["Sec-WebSocket-Protocol"]
+    assert secret not in offered and "bearer." not in offered
+    assert offered == "chat"
+
+
+async def test_no_key_or_both_forms_are_refused_before_the_upstream(gw, http, key, ws_upstream):
+    _, secret = key
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(ws_url(gw, "/live/feed"))
+    assert refused.value.status == 401
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(
+            ws_url(gw, "/live/feed"), headers=bearer(secret), protocols=(f"bearer.{secret}",)
+        )
+    assert refused.value.status == 401
+    assert ws_upstream.handshakes == []
+
+
+async def test_close_codes_pass_through_both_ways(gw, http, key, ws_upstream):
+    _, secret = key
+    async with http.ws_connect(ws_url(gw, "/live/a"), headers=bearer(secret)) as ws:
+        await ws.send_str("close:4001")
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 4001
+    ws = await http.ws_connect(ws_url(gw, "/live/b"), headers=bearer(secret))
+    await ws.close(code=4002)
+    for _ in range(50):
+        if ws_upstream.closed_with:
+            break
+        await asyncio.sleep(0.05)
+    assert ws_upstream.closed_with == [4002]
+
+
+async def test_a_revoked_key_closes_its_sockets_with_1008_within_a_second(gw, http, key):
+    key_id, secret = key
+    async with http.ws_connect(ws_url(gw, "/live/x"), headers=bearer(secret)) as ws:
+        await ws.send_str("ping")
+        assert (await ws.receive(timeout=5)).data == "echo:ping"
+        started = time.monotonic()
+        await gw.service.revoke_key(CLI, key_id)
+        message = await ws.receive(timeout=5)
+        took = time.monotonic() - started
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1008
+    assert took < 1.0
+
+
+async def test_a_revocation_on_another_replica_cuts_sockets_and_streams_here(
+    base_config, ws_upstream, upstream, http, redis_client
+):
+    config = base_config(
+        routes=[
+            *routes(ws_upstream),
+            {"name": "sse", "match": "/sse", "upstream": upstream_url(upstream), "strip_prefix": True},
+        ]  # fmt: skip
+    )
+    async with gateways() as start:
+        here, there = await start(config), await start(config)
+        account = await new_account(here.service)
+        key_id, secret = await new_key(here.service, account)
+        ws = await http.ws_connect(ws_url(here, "/live/x"), headers=bearer(secret))
+        await ws.send_str("a")
+        assert (await ws.receive(timeout=5)).data == "echo:a"
+        stream = await http.get(here.url + "/sse/stream?count=1000&interval=0.05",
+                                headers=bearer(secret))  # fmt: skip
+        assert stream.status == 200
+        await stream.content.readany()  # the stream is flowing
+        started = time.monotonic()
+        await there.service.revoke_key(CLI, key_id)  # on the other replica
+        message = await ws.receive(timeout=5)
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1008
+        with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+            while time.monotonic() - started < 5:
+                if not await stream.content.readany():
+                    break
+            raise aiohttp.ClientPayloadError("the stream ended on its own")
+        assert time.monotonic() - started < 1.5
+        stream.close()
+        await ws.close()
+
+
+async def test_other_upgrades_and_routes_without_websocket_go_as_plain_http(gw, http, key):
+    _, secret = key
+    headers = {**bearer(secret), "Connection": "Upgrade", "Upgrade": "h2c"}
+    async with http.get(gw.url + "/live/x", headers=headers) as resp:
+        body = await resp.json()
+        assert body["plain"] is True and "Upgrade" not in body["headers"]
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await http.ws_connect(ws_url(gw, "/plain/x"), headers=bearer(secret))
+
+
+async def test_a_silent_socket_is_closed_at_the_idle_timeout(
+    start_gateway, base_config, ws_upstream, http
+):
+    gw = await start_gateway(
+        base_config(routes=routes(ws_upstream, websocket_idle_timeout="500ms"))
+    )
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account)
+    async with http.ws_connect(ws_url(gw, "/live/x"), headers=bearer(secret)) as ws:
+        message = await ws.receive(timeout=5)
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1001
+
+
+async def test_the_open_socket_gauge_counts_by_route(gw, http, key):
+    _, secret = key
+    registry = gw.runtime.metrics.registry
+
+    def gauge() -> float | None:
+        return registry.get_sample_value("gateway_websocket_connections", {"route": "live"})
+
+    async with http.ws_connect(ws_url(gw, "/live/x"), headers=bearer(secret)) as ws:
+        await ws.send_str("x")
+        await ws.receive(timeout=5)
+        assert gauge() == 1
+    for _ in range(50):
+        if gauge() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert gauge() == 0

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import new_account, new_key, upstream_url
 from playwright.async_api import Browser, async_playwright
+from ws_upstream import WsUpstream
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -107,10 +108,19 @@ async def test_a_page_on_another_origin_calls_the_gateway_and_reads_its_errors(
     gw = await start_gateway(
         base_config(
             routes=[
-                {"name": "api", "match": "/api", "upstream": upstream_url(upstream),
-                 "cors": {"allow_origins": origins}},
-                {"name": "limited", "match": "/limited", "upstream": upstream_url(upstream),
-                 "rate_limit": "1/minute", "cors": {"allow_origins": origins}},
+                {
+                    "name": "api",
+                    "match": "/api",
+                    "upstream": upstream_url(upstream),
+                    "cors": {"allow_origins": origins},
+                },
+                {
+                    "name": "limited",
+                    "match": "/limited",
+                    "upstream": upstream_url(upstream),
+                    "rate_limit": "1/minute",
+                    "cors": {"allow_origins": origins},
+                },
             ]  # fmt: skip
         )
     )
@@ -153,3 +163,42 @@ async def test_without_cors_the_browser_cannot_read_the_answer(
         browser, f"http://127.0.0.1:{allowed_page.port}/", [{"url": gw.url + "/api/x", "key": key}]
     )
     assert "error" in seen[0] and "Failed to fetch" in seen[0]["error"], seen
+
+
+async def test_a_page_opens_a_websocket_with_its_key_as_a_subprotocol(
+    browser, pages, start_gateway, base_config
+):
+    upstream = WsUpstream()
+    base = await upstream.start()
+    try:
+        gw = await start_gateway(
+            base_config(
+                routes=[{"name": "live", "match": "/live", "upstream": base, "websocket": True}]
+            )  # fmt: skip
+        )
+        account = await new_account(gw.service)
+        key_id, key = await new_key(gw.service, account)
+        page_url = f"http://127.0.0.1:{pages[0].port}/"
+        context = await browser.new_context()
+        try:
+            page = await context.new_page()
+            await page.goto(page_url)
+            script = """([url, key]) => new Promise((resolve) => {
+                const seen = [];
+                const ws = new WebSocket(url, ["bearer." + key, "chat"]);
+                ws.onopen = () => { seen.push("open:" + ws.protocol); ws.send("hi"); };
+                ws.onmessage = (e) => { seen.push("message:" + e.data); ws.close(4000); };
+                ws.onclose = (e) => { seen.push("close:" + e.code); resolve(seen); };
+                ws.onerror = () => seen.push("error");
+            })"""
+            ws_url = gw.url.replace("http://", "ws://") + "/live/feed"
+            seen = await page.evaluate(script, [ws_url, key])
+        finally:
+            await context.close()
+        assert seen == ["open:chat", "message:echo:hi", "close:4000"], seen
+        handshake = upstream.handshakes[0]["headers"]
+        assert handshake["X-Gateway-Key-Id"] == key_id
+        assert handshake["Sec-WebSocket-Protocol"] == "chat"
+    finally:
+        assert upstream.server is not None
+        await upstream.server.close()

@@ -9,56 +9,12 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from conftest import bearer, gateways, new_account, new_key, upstream_url
+from ws_upstream import WsUpstream
 
 from gateway.keys.service import CLI
 
 pytestmark = pytest.mark.integration
-
-
-class WsUpstream:
-    """An echo WebSocket server that records each handshake it accepted."""
-
-    def __init__(self) -> None:
-        self.handshakes: list[dict] = []
-        self.closed_with: list[int | None] = []
-        self.server: TestServer | None = None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return web.json_response(
-                {"plain": True, "headers": {k: v for k, v in request.headers.items()}}
-            )
-        ws = web.WebSocketResponse(protocols=("chat",), autoclose=False)
-        await ws.prepare(request)
-        self.handshakes.append(
-            {"path": request.path_qs, "headers": dict(request.headers), "protocol": ws.ws_protocol}
-        )
-        while True:
-            message = await ws.receive()
-            if message.type == aiohttp.WSMsgType.TEXT:
-                if message.data.startswith("close:"):
-                    await ws.close(code=int(message.data[6:]), message=b"upstream says bye")
-                    break
-                await ws.send_str("echo:" + message.data)
-            elif message.type == aiohttp.WSMsgType.BINARY:
-                await ws.send_bytes(message.data)
-            elif message.type == aiohttp.WSMsgType.CLOSE:
-                self.closed_with.append(message.data)
-                await ws.close()
-                break
-            else:
-                break
-        return ws
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.server = TestServer(app, host="127.0.0.1")
-        await self.server.start_server()
-        return f"http://127.0.0.1:{self.server.port}"
 
 
 @pytest.fixture
@@ -170,7 +126,12 @@ async def test_a_revocation_on_another_replica_cuts_sockets_and_streams_here(
     config = base_config(
         routes=[
             *routes(ws_upstream),
-            {"name": "sse", "match": "/sse", "upstream": upstream_url(upstream), "strip_prefix": True},
+            {
+                "name": "sse",
+                "match": "/sse",
+                "upstream": upstream_url(upstream),
+                "strip_prefix": True,
+            },
         ]  # fmt: skip
     )
     async with gateways() as start:

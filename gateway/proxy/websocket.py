@@ -24,6 +24,8 @@ from aiohttp import web
 SUBPROTOCOL_KEY = "bearer."
 NORMAL, GOING_AWAY = 1000, 1001
 _UNSENDABLE = {None, 1005, 1006, 1015}  # codes a close frame may not carry
+CLOSED_BY_PEER = object()  # a pump's result: it passed a close from its side to the other
+CLOSE_GRACE = 5.0  # seconds a close in progress gets to reach the other side
 
 
 def is_websocket_upgrade(method: str, headers) -> bool:
@@ -77,7 +79,13 @@ class WebSocketRelay:
         to_upstream = asyncio.ensure_future(self._pump(self.client, self.upstream))
         to_client = asyncio.ensure_future(self._pump(self.upstream, self.client))
         try:
-            await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await asyncio.wait(
+                {to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if pending and not any(t.result() is CLOSED_BY_PEER for t in done if not t.exception()):
+                # That side only saw its connection closing: the other pump is passing a
+                # close on, with its code; let it finish.
+                await asyncio.wait(pending, timeout=CLOSE_GRACE)
         finally:
             for task in (to_upstream, to_client):
                 task.cancel()
@@ -88,14 +96,14 @@ class WebSocketRelay:
                     await self._closing
             await self._close_both(GOING_AWAY, b"")
 
-    async def _pump(self, source, sink) -> None:
+    async def _pump(self, source, sink) -> object:
         while True:
             try:
                 message = await source.receive(timeout=self.idle_timeout)
             except TimeoutError:
                 if self._clock() - self._last >= self.idle_timeout:
                     await self._close_both(GOING_AWAY, b"idle timeout")
-                    return
+                    return None
                 continue  # the other direction was not silent
             self._last = self._clock()
             kind = message.type
@@ -107,10 +115,10 @@ class WebSocketRelay:
                 code = _code(message.data)
                 reason = (message.extra or "").encode()
                 await sink.close(code=code, message=reason)  # the close code passes through
-                await source.close(code=code)
-                return
+                await source.close(code=code)  # then the closing handshake with this side
+                return CLOSED_BY_PEER
             else:  # CLOSING, CLOSED, ERROR: the connection is gone
-                return
+                return None
 
     async def _close_both(self, code: int, reason: bytes) -> None:
         for side in (self.client, self.upstream):

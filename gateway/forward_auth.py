@@ -109,18 +109,13 @@ class ForwardAuth:
 
     @staticmethod
     def allow(principal: Principal | None, ctx: RequestContext) -> web.Response:
-        response = web.Response(status=200)
-        out = response.headers
-        out["X-Request-Id"] = ctx.request_id
-        out["Cache-Control"] = "no-store"
-        out["Server"] = SERVER
+        out = {"X-Request-Id": ctx.request_id, "Cache-Control": "no-store", "Server": SERVER}
         if principal is not None:
             ctx.principal = principal
-            for name, value in principal.key.upstream_headers:
-                out[name] = value
+            out.update(principal.key.upstream_headers)
             if principal.rate is not None:
                 out.update(principal.rate.headers())
-        return response
+        return web.Response(status=200, headers=out)
 
     @staticmethod
     def refuse(denial: Denial, ctx: RequestContext) -> web.Response:

@@ -23,8 +23,8 @@ def strict_target(raw: str) -> None:
 
 
 def split_target(raw: str) -> tuple[str, str, str]:
-    """``(path, match path, query)`` of a raw origin-form target; raises :class:`TargetError`."""
-    strict_target(raw)
+    """``(path, match path, query)`` of a raw origin-form target already through
+    :func:`strict_target`; raises :class:`TargetError`."""
     if not raw.startswith("/"):
         raise TargetError("the request target must be a path (origin form)")
     raw_path, _, query = raw.partition("?")

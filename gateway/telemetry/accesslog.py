@@ -24,6 +24,11 @@ def _json(value: str | None) -> str:
     return f'"{value}"' if _PLAIN.match(value) else json.dumps(value)
 
 
+def _plain(value: str | None) -> str:
+    """A value that never needs escaping, as JSON."""
+    return "null" if value is None else f'"{value}"'
+
+
 class AccessLog:
     def __init__(self, key_prefix: str, stream: IO[str] | None = None, interval: float = 0.25):
         self._stream = stream
@@ -51,14 +56,15 @@ class AccessLog:
         route: str | None,
         code: str | None,
     ) -> None:
-        # method (an HTTP token), request_id ([A-Za-z0-9._-]), client_ip, key_id (the
-        # gateway's own ids) and code need no escaping; path and route may.
+        # Only the path may need escaping: the method is an HTTP token, the request id
+        # [A-Za-z0-9._-], the client an IP address, key ids, route names (checked by the
+        # config) and codes the gateway's own.
         self._lines.append(
             f'{{"ts":{time.time():.3f},"msg":"request","method":"{method}",'
             f'"path":{_json(self.mask(path))},"status":{status},'
             f'"duration_ms":{duration * 1000:.2f},"request_id":"{request_id}",'
-            f'"client_ip":{_json(client_ip)},"key_id":{_json(key_id)},"route":{_json(route)},'
-            f'"code":{_json(code)}}}'
+            f'"client_ip":{_plain(client_ip)},"key_id":{_plain(key_id)},'
+            f'"route":{_plain(route)},"code":{_plain(code)}}}'
         )
         if len(self._lines) >= 4096:
             self.flush()

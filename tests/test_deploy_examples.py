@@ -62,6 +62,29 @@ def test_nginx_example_sets_and_clears_every_identity_header():
     assert f"proxy_pass http://keygate{CHECK};" in text
 
 
+def test_nginx_example_checks_every_location_that_reaches_the_app():
+    """The HTTP location and the WebSocket one alike: auth_request, the refusals, the
+    identity copied from the check, and no client Authorization passed on."""
+    text = (EXAMPLES / "nginx" / "keygate.conf").read_text()
+    blocks = dict(re.findall(r"\n    location ([^{]+?) \{(.*?)\n    \}", text, re.S))
+    to_app = {where: body for where, body in blocks.items() if "proxy_pass http://app;" in body}
+    assert set(to_app) == {"/", "/ws/"}
+    wanted = {h.lower().replace("-", "_") for h in identity_headers()}
+    for where, body in to_app.items():
+        assert "auth_request /_keygate_check;" in body, where
+        assert "error_page 401 403 500 = @keygate_refused;" in body, where
+        copied = set(re.findall(r"auth_request_set\s+\$\w+\s+\$upstream_http_(\w+);", body))
+        assert wanted <= copied, where
+        sent = set(re.findall(r"proxy_set_header\s+(X-Gateway-[\w-]+)\s+\$kg_", body))
+        assert sent == identity_headers(), where
+        assert re.search(r'proxy_set_header\s+Authorization\s+"";', body), where
+    ws = to_app["/ws/"]
+    assert re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade;", ws)
+    assert re.search(r"proxy_set_header\s+Connection\s+\$connection_upgrade;", ws)
+    assert "proxy_http_version 1.1;" in ws
+    assert re.search(r"map \$http_upgrade \$connection_upgrade \{", text)
+
+
 def _check_location(text: str) -> dict[str, str]:
     """The headers the example sets on the decision request, by lower-cased name."""
     block = re.search(r"location = /_keygate_check \{(.*?)\n    \}", text, re.S)

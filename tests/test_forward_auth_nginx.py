@@ -5,7 +5,9 @@ addresses rewritten to this test's loopback ports, in front of a real upstream.
 Every request is also sent straight to the gateway's proxy mode: the client
 must see the same status, ``WWW-Authenticate``, ``X-Request-Id``,
 ``Retry-After``, ``Allow`` and JSON envelope either way, and the upstream the
-same ``X-Gateway-*`` identity.
+same ``X-Gateway-*`` identity. The example's WebSocket location is run in front of a
+real WebSocket app: a handshake with a valid key reaches it with the identity and
+relays messages, a refused one never reaches it.
 
 The client connects from 127.0.0.3 (or .4), so that nginx (127.0.0.1, a
 trusted proxy) and the client are different addresses, as they are in a
@@ -32,6 +34,7 @@ import pytest
 from conftest import ROOT, bearer, free_port, new_account, new_key, upstream_url
 from http_raw import RawResponse, raw_request
 from multidict import CIMultiDict
+from ws_upstream import WsUpstream
 
 from gateway.keys.service import CLI
 
@@ -483,3 +486,102 @@ async def test_a_target_nginx_forwards_as_it_came_is_judged_strictly(setup, targ
     behind = await raw_request(front.url, "GET", target)
     assert not reached_the_app(behind), behind.body
     assert (behind.status, code_of(behind)) == (400, "bad_request"), front.error_log()[-2000:]
+
+
+# -- WebSockets behind auth_request ---------------------------------------------------
+
+
+@pytest.fixture
+async def ws_setup(start_gateway, base_config, nginx) -> AsyncIterator[tuple]:
+    """The example's /ws/ location in front of a real WebSocket app; the gateway's route
+    for it is a plain one (forward auth only decides the handshake)."""
+    app = WsUpstream()
+    url = await app.start()
+    gw = await start_gateway(
+        base_config(
+            server={"trusted_proxies": ["127.0.0.1/32"]},
+            routes=[
+                {"name": "ws", "match": "/ws", "upstream": url, "permissions": {"GET": "read"}}
+            ],
+        )
+    )
+    assert app.server is not None
+    front = await asyncio.to_thread(nginx, port_of(gw), app.server.port)
+    yield gw, front, app
+    await app.server.close()
+
+
+def ws_url(front: Nginx, path: str) -> str:
+    return front.url.replace("http://", "ws://", 1) + path
+
+
+async def refused_handshake(client, url, headers, protocols=()) -> aiohttp.WSServerHandshakeError:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        async with client.ws_connect(url, headers=headers, protocols=protocols):
+            pass
+    return refused.value
+
+
+async def test_websocket_with_a_valid_key_reaches_the_app_with_the_identity(ws_setup, client):
+    gw, front, app = ws_setup
+    account = await new_account(gw.service)
+    key_id, secret = await new_key(gw.service, account, permissions=["read"])
+    given = rid()
+    forged = {"X-Gateway-Key-Id": "key_forged", "X-Gateway-Account-Id": "acct_forged"}
+    headers = {**bearer(secret), "X-Request-Id": given, **forged}
+    async with client.ws_connect(
+        ws_url(front, "/ws/chat?room=1"), headers=headers, protocols=("chat",)
+    ) as ws:
+        assert ws.protocol == "chat"  # the app's choice reaches the client
+        for text in ("hello", "again"):
+            await ws.send_str(text)
+            assert await ws.receive_str(timeout=5) == "echo:" + text
+        await ws.send_bytes(b"\x00\x01")
+        assert await ws.receive_bytes(timeout=5) == b"\x00\x01"
+        await ws.send_str("close:4001")  # the app closes; its code reaches the client
+        message = await ws.receive(timeout=5)
+        assert (message.type, message.data) == (aiohttp.WSMsgType.CLOSE, 4001)
+    (handshake,) = app.handshakes
+    seen = CIMultiDict(handshake["headers"])
+    assert handshake["path"] == "/ws/chat?room=1"
+    assert seen["X-Gateway-Key-Id"] == key_id
+    assert seen["X-Gateway-Account-Id"] == account
+    assert seen["X-Gateway-Permissions"] == "read"
+    assert seen["X-Request-Id"] == given
+    assert "Authorization" not in seen
+    assert seen["Upgrade"].lower() == "websocket"
+
+
+async def test_websocket_without_a_key_is_refused_before_the_app(ws_setup, client):
+    gw, front, app = ws_setup
+    given = rid()
+    refused = await refused_handshake(client, ws_url(front, "/ws/chat"), {"X-Request-Id": given})
+    assert refused.status == 401, front.error_log()[-2000:]
+    assert refused.headers is not None
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert refused.headers["X-Request-Id"] == given
+    assert app.handshakes == []
+
+
+async def test_websocket_key_as_a_subprotocol_is_not_read_behind_forward_auth(ws_setup, client):
+    """The check reads Authorization only: nginx copies the client's headers into it, and
+    a ``bearer.<key>`` subprotocol is no key there (the proxy mode's form, SPEC §13)."""
+    gw, front, app = ws_setup
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    refused = await refused_handshake(
+        client, ws_url(front, "/ws/chat"), {}, protocols=("chat", "bearer." + secret)
+    )
+    assert refused.status == 401, front.error_log()[-2000:]
+    assert app.handshakes == []
+
+
+async def test_websocket_refusals_carry_the_gateways_decision(ws_setup, client):
+    gw, front, app = ws_setup
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["webhook"])
+    refused = await refused_handshake(client, ws_url(front, "/ws/chat"), bearer(secret))
+    assert refused.status == 403
+    assert refused.headers is not None
+    assert 'error="insufficient_scope"' in refused.headers["WWW-Authenticate"]
+    assert app.handshakes == []

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .config import Config, ConfigError, load_config, resolve_path
+from .keys.format import key_pattern
 from .keys.model import KeyRecord
 from .keys.service import CLI, InvalidRequest, KeyService, OperationError, expires_in, rotation_due
 from .keys.store import KeyStore
@@ -330,6 +331,45 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return asyncio.run(_with_service(config, work))
 
 
+def cmd_events_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if not 1 <= args.limit <= 100:
+        raise Refused("--limit must be from 1 to 100")
+
+    async def work(service: KeyService) -> int:
+        await service.account(args.account)  # an unknown account is refused, not empty
+        page = await service.events.list(
+            args.account,
+            test_only=args.mode == "test",
+            limit=args.limit,
+            starting_after=args.starting_after,
+            type_filter=args.type,
+        )
+        if page is None:
+            raise Refused(f"--starting-after {args.starting_after} is not an event of this list")
+        events, has_more = page
+        if args.json:
+            _print_json({"data": [e.public() for e in events], "has_more": has_more})
+            return 0
+        if not events:
+            print("no events")
+            return 0
+        for e in events:
+            subject = e.data.get("key_id") or e.data.get("id") or "-"
+            print(f"{e.created_at}  {e.id}  {e.mode:<4}  {e.type:<22} {subject}")
+        if has_more:
+            print(f"(more: --starting-after {events[-1].id})")
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def cmd_keys_pattern(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(key_pattern(config.keys.prefix))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
@@ -421,6 +461,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", default="24h")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_rotate)
+
+    p = keys.add_parser(
+        "pattern", parents=[common], help="the regular expression that finds this gateway's keys"
+    )
+    p.set_defaults(func=cmd_keys_pattern)
+
+    events = verbs.add_parser(
+        "events", parents=[common], help="key changes and alerts"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = events.add_parser("list", parents=[common], help="an account's events, newest first")
+    p.add_argument("--account", required=True)
+    p.add_argument("--type", help="an event type, or a prefix such as alert.")
+    p.add_argument("--mode", choices=["live", "test"], help="test: test-mode events only")
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--starting-after", metavar="EVENT_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_events_list)
 
     p = verbs.add_parser("audit", parents=[common], help="show the audit trail")
     p.add_argument("--account")

@@ -126,4 +126,7 @@ async def test_real_answers_match_the_documented_schemas(gateway, http):
     await call("POST", "/v1/api-keys/{id}/rotate", 201, admin, key_id=new_id, json={})
     await call("DELETE", "/v1/api-keys/{id}", 200, admin, key_id=new_id)
     await call("GET", "/v1/audit", 200, admin)
-    assert len(checked) == 17
+    await call("GET", "/v1/events", 200, admin)
+    await call("GET", "/v1/events?type=alert.&limit=100", 200, admin)
+    await call("GET", "/v1/events?limit=0", 400, admin)
+    assert len(checked) == 20

@@ -312,6 +312,79 @@ class RouteConfig(_Model):
         return out
 
 
+class NewNetworkAlert(_Model):
+    enabled: bool = True
+    learn_for: Duration = 7 * 86400.0  # a key's first networks are learnt, not alerted on
+
+
+class UsageSpikeAlert(_Model):
+    enabled: bool = True
+    window: Duration = Field(300.0, gt=0)
+    baseline: Duration = Field(7 * 86400.0, gt=0)
+    factor: float = Field(10.0, gt=0)
+    min_requests: int = Field(100, ge=1)
+
+
+class DeniedBurstAlert(_Model):
+    enabled: bool = True
+    window: Duration = Field(300.0, gt=0)
+    threshold: int = Field(20, ge=1)
+
+
+class KeyUnusedAlert(_Model):
+    enabled: bool = True
+    after: Duration = Field(90 * 86400.0, gt=0)
+
+
+class RotationDueAlert(_Model):
+    enabled: bool = True
+
+
+class AlertsConfig(_Model):
+    """The unusual-activity detectors of SPEC §14."""
+
+    enabled: bool = True
+    new_network: NewNetworkAlert = NewNetworkAlert()
+    usage_spike: UsageSpikeAlert = UsageSpikeAlert()
+    denied_burst: DeniedBurstAlert = DeniedBurstAlert()
+    key_unused: KeyUnusedAlert = KeyUnusedAlert()
+    rotation_due: RotationDueAlert = RotationDueAlert()
+    check_interval: Duration = Field(3600.0, gt=0)  # key_unused and rotation_due sweeps
+    flush_interval: Duration = Field(1.0, gt=0)  # in-process counts folded into the store
+
+
+DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+
+
+class WebhooksConfig(_Model):
+    """Delivery of events to webhook endpoints (SPEC §14)."""
+
+    retry_schedule: tuple[Duration, ...] = DEFAULT_RETRY_SCHEDULE
+    allow_private_targets: bool = False  # local development and tests: http:// and any address
+    timeout: Duration = Field(10.0, gt=0)
+    poll_interval: Duration = Field(0.5, gt=0)
+    enabled: bool = True  # this replica delivers (every replica may; none doubles a delivery)
+
+
+class GitHubLeakConfig(_Model):
+    public_keys_url: str = "https://api.github.com/meta/public_keys/secret_scanning"
+
+    @field_validator("public_keys_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        url = URL(value)
+        if url.scheme not in {"http", "https"} or not url.host:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        return value
+
+
+class LeakDetectionConfig(_Model):
+    """What a key reported by GitHub secret scanning gets (SPEC §15)."""
+
+    action: Literal["revoke", "notify"] = "revoke"
+    github: GitHubLeakConfig = GitHubLeakConfig()
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -322,6 +395,9 @@ class Config(_Model):
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     plans: dict[str, PlanConfig] = Field(default_factory=lambda: {"default": PlanConfig()})
     routes: tuple[RouteConfig, ...] = ()
+    alerts: AlertsConfig = AlertsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    leak_detection: LeakDetectionConfig = LeakDetectionConfig()
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Config:

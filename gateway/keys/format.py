@@ -62,3 +62,8 @@ def hash_secret(secret: str) -> str:
 def new_id(kind: str) -> str:
     """An opaque, URL-safe id (``key_…``, ``acct_…``), never derived from a secret."""
     return f"{kind}_" + "".join(secrets.choice(BASE62) for _ in range(20))
+
+
+def key_pattern(prefix: str) -> str:
+    """The regular expression that finds this gateway's keys in text (for secret scanners)."""
+    return rf"\b{prefix}_(?:live|test)_[0-9A-Za-z]{{{BODY_LENGTH}}}\b"

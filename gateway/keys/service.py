@@ -18,6 +18,7 @@ from ..checks.ip import compile_allowed_ips
 from ..checks.referrer import compile_referrer
 from ..config.schema import Config
 from ..config.units import parse_duration, parse_rate
+from ..events.log import EventLog
 from ..permissions import validate_permission
 from ..store.connection import StoreUnavailable
 from ..timefmt import isoformat, parse_time, utcnow
@@ -220,10 +221,30 @@ def expires_in(duration: str) -> str:
 
 
 class KeyService:
-    def __init__(self, store: KeyStore, config: Config, audit: Any | None = None):
+    def __init__(
+        self,
+        store: KeyStore,
+        config: Config,
+        audit: Any | None = None,
+        events: EventLog | None = None,
+    ):
         self.store = store
         self.config = config
         self.audit = audit
+        self.events = events if events is not None else EventLog(store.client, store.prefix)
+
+    async def _event(self, type: str, record: KeyRecord, **extra: Any) -> None:
+        """Raise the key change's event (SPEC §14); like the audit trail, a store failure
+        here is logged rather than failing a change already made."""
+        try:
+            await self.events.emit(
+                type,
+                account_id=record.account_id,
+                mode=record.mode,
+                data={**record.public(), **extra},
+            )
+        except StoreUnavailable as exc:
+            log.error("event %s on %s not recorded: %s", type, record.id, exc)
 
     async def _record(
         self, actor: Actor, action: str, account_id: str, key_id: str | None, **extra: Any
@@ -299,6 +320,7 @@ class KeyService:
         )
         await self.store.add_key(record)
         await self._record(actor, "key.create", account_id, record.id, name=record.name, mode=mode)
+        await self._event("api_key.created", record)
         return record, secret
 
     async def get_key(self, actor: Actor, key_id: str) -> KeyRecord:
@@ -359,6 +381,7 @@ class KeyService:
         updated = record.evolve(**fields)
         await self.store.save_key(updated)
         await self._record(actor, "key.update", record.account_id, record.id, fields=sorted(fields))
+        await self._event("api_key.updated", updated)
         return updated
 
     async def revoke_key(self, actor: Actor, key_id: str) -> KeyRecord:
@@ -368,6 +391,7 @@ class KeyService:
         revoked = record.evolve(revoked_at=isoformat(utcnow()))
         await self.store.save_key(revoked)
         await self._record(actor, "key.revoke", record.account_id, record.id)
+        await self._event("api_key.revoked", revoked)
         return revoked
 
     async def rotate_key(
@@ -420,6 +444,11 @@ class KeyService:
             old.id,
             new_key_id=new.id,
             grace_period=grace_period,
+        )
+        await self._event(
+            "api_key.rotated",
+            new,
+            previous_key={"id": retired.id, "expires_at": retired.expires_at},
         )
         return new, secret, retired
 

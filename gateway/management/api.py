@@ -22,7 +22,7 @@ from ..denials import BACKEND_DOWN, Denial, error_response
 from ..keys.service import Forbidden, InvalidRequest, NotFound, OperationError
 from ..pipeline import Attempt, attempt_for
 from ..store.connection import StoreUnavailable
-from . import identity, keys
+from . import events, identity, keys
 from .calls import BodyTooLarge, Call, body_limit
 from .openapi import openapi_document
 
@@ -34,6 +34,7 @@ log = logging.getLogger("gateway.management")
 
 ROUTE_NAME = "management"  # the route name the pipeline, limiter and usage see
 ADMIN = "admin"
+WEBHOOK = "webhook"  # satisfied by webhook and by admin (SPEC §2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +72,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("DELETE", "/api-keys/{id}", "revokeKey", keys.revoke_key, ADMIN),
     Endpoint("POST", "/api-keys/{id}/rotate", "rotateKey", keys.rotate_key, ADMIN, body=True),
     Endpoint("GET", "/api-keys/{id}/usage", "getKeyUsage", keys.key_usage, ADMIN),
+    Endpoint("GET", "/events", "listEvents", events.list_events, WEBHOOK),
     Endpoint("GET", "/openapi.json", "getOpenAPI", None, auth=False),
 )
 
 # Where each local route starts: exact paths, and /api-keys with everything below it.
 _MOUNTS = (("/auth/verify", False), ("/account", False), ("/openapi.json", False),
-           ("/api-keys", True))  # fmt: skip
+           ("/api-keys", True), ("/events", False))  # fmt: skip
 
 
 def operation_error(exc: OperationError) -> Denial:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..events.log import EVENT_TYPES
 from ..keys.service import LIST_MAX, METADATA_MAX_KEYS
 
 JSON = "application/json"
@@ -27,6 +28,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-11-22T10:30:00Z"]}
 KEY_ID = {"type": "string", "pattern": "^key_[A-Za-z0-9_-]+$", "examples": ["key_4f8a2c"]}
+EVENT_ID = {"type": "string", "pattern": "^evt_[A-Za-z0-9]+$"}
 ACCOUNT_ID = {"type": "string", "pattern": "^acct_[A-Za-z0-9_-]+$"}
 MODE = {"type": "string", "enum": ["live", "test"]}
 STRINGS = {"type": "array", "items": {"type": "string"}}
@@ -293,6 +295,43 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     },
                 }
             },
+            f"{prefix}/events": {
+                "get": {
+                    "operationId": "listEvents",
+                    "summary": "The account's events (key changes and alerts), newest first",
+                    "description": "Needs admin or webhook. Kept 30 days. A test-mode key sees "
+                    "test-mode events only, a live key both.",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": LIST_MAX,
+                                "default": 10,
+                            },
+                        },
+                        {
+                            "name": "starting_after",
+                            "in": "query",
+                            "description": "An event id from the previous page.",
+                            "schema": EVENT_ID,
+                        },
+                        {
+                            "name": "type",
+                            "in": "query",
+                            "description": "An exact type, or a prefix: alert. (or alert.*) "
+                            "for every alert.",
+                            "schema": {"type": "string", "examples": ["api_key.revoked", "alert."]},
+                        },
+                    ],
+                    "responses": {
+                        **_answer("200", "A page of events", "EventList"),
+                        **_errors("400", *AUTH_ERRORS),
+                    },
+                }
+            },
             f"{prefix}/openapi.json": {
                 "get": {
                     "operationId": "getOpenAPI",
@@ -468,6 +507,35 @@ def _schemas() -> dict[str, Any]:
                     },
                 },
                 "meta": _object({"request_id": {"type": "string"}, "limit": {"type": "integer"}}),
+            }
+        ),
+        "Event": _object(
+            {
+                "id": EVENT_ID,
+                "object": {"const": "event"},
+                "type": {"type": "string", "enum": list(EVENT_TYPES)},
+                "created_at": TIMESTAMP,
+                "account_id": ACCOUNT_ID,
+                "mode": MODE,
+                "data": {
+                    "type": "object",
+                    "description": "api_key.*: the key as listed; alert.*: key_id and what "
+                    "was seen (SPEC §14)",
+                },
+            }
+        ),
+        "EventList": _object(
+            {
+                "data": {"type": "array", "items": _ref("Event")},
+                "has_more": {"type": "boolean"},
+                "meta": _object(
+                    {
+                        "request_id": {"type": "string"},
+                        "limit": {"type": "integer"},
+                        "has_more": {"type": "boolean"},
+                        "next_starting_after": _nullable(EVENT_ID),
+                    }
+                ),
             }
         ),
         "UsageAnswer": _object(

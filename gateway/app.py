@@ -20,6 +20,8 @@ from aiohttp import web
 
 from .compat.aiohttp import GatewayServer
 from .config.schema import Config
+from .events.delivery import WebhookDispatcher
+from .events.webhooks import WebhookStore
 from .handler import PublicHandler, parser_limits
 from .keys.audit import AuditLog
 from .keys.cache import KeyCache
@@ -154,6 +156,14 @@ class GatewayApp:
             stack.push_async_callback(reloader.stop)
         usage.start()
         stack.push_async_callback(usage.stop)  # writes the counts not yet written
+        events = runtime.service.events
+        stack.push_async_callback(events.drain)  # events raised in the background
+        if config.webhooks.enabled and isinstance(events.fan_out, WebhookStore):
+            dispatcher = WebhookDispatcher(events.fan_out, config.webhooks)
+            dispatcher.start()
+            stack.push_async_callback(dispatcher.stop)
+            events.listeners.append(lambda event: dispatcher.wake())
+            runtime.webhooks = dispatcher
         handler = PublicHandler(runtime)
         self.server = GatewayServer(
             handler,

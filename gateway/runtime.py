@@ -88,6 +88,7 @@ class Runtime:
     reload: Callable[[], None] | None = None  # SIGHUP asks for a reload through this
     worker: int | None = None
     draining: bool = False  # /readyz answers 503 from the moment this is set
+    webhooks: Any = None  # this replica's WebhookDispatcher, when it delivers
 
     @property
     def config(self) -> Config:

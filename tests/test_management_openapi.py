@@ -26,6 +26,38 @@ async def _document(http, url: str) -> dict[str, Any]:
         return await resp.json()
 
 
+@pytest.fixture
+async def hooks_gateway(start_gateway, base_config):
+    return await start_gateway(base_config(webhooks={"allow_private_targets": True}))
+
+
+async def test_webhook_answers_match_the_documented_schemas(hooks_gateway, http):
+    gateway = hooks_gateway
+    doc = await _document(http, gateway.url)
+    account = await new_account(gateway.service)
+    _, secret = await new_key(gateway.service, account, permissions=["webhook"])
+    hook = bearer(secret)
+    base = gateway.url + "/v1/webhook-endpoints"
+
+    async def call(method: str, template: str, status: int, url: str, **kwargs) -> dict:
+        async with http.request(method, url, headers=hook, **kwargs) as resp:
+            body = await resp.json()
+            assert resp.status == status, body
+        _validator(doc, method, "/v1" + template, status).validate(body)
+        return body
+
+    made = await call("POST", "/webhook-endpoints", 201, base, json={"url": "http://127.0.0.1:9/h"})
+    one = base + "/" + made["data"]["id"]
+    await call("POST", "/webhook-endpoints", 400, base, json={"url": "ftp://x"})
+    await call("GET", "/webhook-endpoints", 200, base)
+    await call("GET", "/webhook-endpoints/{id}", 200, one)
+    await call("GET", "/webhook-endpoints/{id}", 404, base + "/we_nope")
+    await call("PATCH", "/webhook-endpoints/{id}", 200, one, json={"disabled": True})
+    await call("POST", "/webhook-endpoints/{id}/test", 202, one + "/test")
+    await call("GET", "/webhook-endpoints/{id}/deliveries", 200, one + "/deliveries")
+    await call("DELETE", "/webhook-endpoints/{id}", 200, one)
+
+
 async def test_the_document_is_served_without_a_key_and_is_valid_openapi_3_1(gateway, http):
     doc = await _document(http, gateway.url)
     assert doc["openapi"].startswith("3.1")

@@ -129,7 +129,7 @@ class EventLog:
         self.client = client
         self.prefix = prefix
         self.fan_out = fan_out  # a WebhookQueue, or None (no deliveries)
-        self.listeners: list[Listener] = []  # told of every event emitted here (metrics)
+        self.listeners: list[Listener] = []  # told of every event emitted here (metrics, wake-ups)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _k(self, *parts: str) -> str:
@@ -160,10 +160,10 @@ class EventLog:
                 await self.client.eval(_ADD_TO_INDEX, 1, index, event.id, ms, oldest, keep)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
-        for listener in self.listeners:
-            listener(event)
         if self.fan_out is not None:
             await self.fan_out.enqueue_event(event)
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def emit_soon(self, type: str, *, account_id: str, mode: str, data: dict[str, Any]) -> None:

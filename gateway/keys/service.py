@@ -19,6 +19,7 @@ from ..checks.referrer import compile_referrer
 from ..config.schema import Config
 from ..config.units import parse_duration, parse_rate
 from ..events.log import EventLog
+from ..events.webhooks import WebhookStore
 from ..permissions import validate_permission
 from ..store.connection import StoreUnavailable
 from ..timefmt import isoformat, parse_time, utcnow
@@ -231,7 +232,11 @@ class KeyService:
         self.store = store
         self.config = config
         self.audit = audit
-        self.events = events if events is not None else EventLog(store.client, store.prefix)
+        if events is None:
+            events = EventLog(
+                store.client, store.prefix, fan_out=WebhookStore(store.client, store.prefix)
+            )
+        self.events = events
 
     async def _event(self, type: str, record: KeyRecord, **extra: Any) -> None:
         """Raise the key change's event (SPEC §14); like the audit trail, a store failure

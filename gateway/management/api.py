@@ -22,7 +22,7 @@ from ..denials import BACKEND_DOWN, Denial, error_response
 from ..keys.service import Forbidden, InvalidRequest, NotFound, OperationError
 from ..pipeline import Attempt, attempt_for
 from ..store.connection import StoreUnavailable
-from . import events, identity, keys
+from . import events, identity, keys, webhooks
 from .calls import BodyTooLarge, Call, body_limit
 from .openapi import openapi_document
 
@@ -73,12 +73,49 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/api-keys/{id}/rotate", "rotateKey", keys.rotate_key, ADMIN, body=True),
     Endpoint("GET", "/api-keys/{id}/usage", "getKeyUsage", keys.key_usage, ADMIN),
     Endpoint("GET", "/events", "listEvents", events.list_events, WEBHOOK),
+    Endpoint("GET", "/webhook-endpoints", "listWebhookEndpoints", webhooks.list_endpoints, WEBHOOK),
+    Endpoint(
+        "POST",
+        "/webhook-endpoints",
+        "createWebhookEndpoint",
+        webhooks.create_endpoint,
+        WEBHOOK,
+        body=True,
+    ),
+    Endpoint(
+        "GET", "/webhook-endpoints/{id}", "getWebhookEndpoint", webhooks.get_endpoint, WEBHOOK
+    ),
+    Endpoint(
+        "PATCH",
+        "/webhook-endpoints/{id}",
+        "updateWebhookEndpoint",
+        webhooks.update_endpoint,
+        WEBHOOK,
+        body=True,
+    ),
+    Endpoint(
+        "DELETE",
+        "/webhook-endpoints/{id}",
+        "deleteWebhookEndpoint",
+        webhooks.delete_endpoint,
+        WEBHOOK,
+    ),
+    Endpoint(
+        "POST", "/webhook-endpoints/{id}/test", "testWebhookEndpoint", webhooks.send_test, WEBHOOK
+    ),
+    Endpoint(
+        "GET",
+        "/webhook-endpoints/{id}/deliveries",
+        "listWebhookDeliveries",
+        webhooks.list_deliveries,
+        WEBHOOK,
+    ),
     Endpoint("GET", "/openapi.json", "getOpenAPI", None, auth=False),
 )
 
 # Where each local route starts: exact paths, and /api-keys with everything below it.
 _MOUNTS = (("/auth/verify", False), ("/account", False), ("/openapi.json", False),
-           ("/api-keys", True), ("/events", False))  # fmt: skip
+           ("/api-keys", True), ("/events", False), ("/webhook-endpoints", True))  # fmt: skip
 
 
 def operation_error(exc: OperationError) -> Denial:

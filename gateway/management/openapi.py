@@ -28,6 +28,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-11-22T10:30:00Z"]}
 KEY_ID = {"type": "string", "pattern": "^key_[A-Za-z0-9_-]+$", "examples": ["key_4f8a2c"]}
+WEBHOOK_ID = {"type": "string", "pattern": "^we_[A-Za-z0-9_-]+$"}
 EVENT_ID = {"type": "string", "pattern": "^evt_[A-Za-z0-9]+$"}
 ACCOUNT_ID = {"type": "string", "pattern": "^acct_[A-Za-z0-9_-]+$"}
 MODE = {"type": "string", "enum": ["live", "test"]}
@@ -136,6 +137,7 @@ def _body(schema: str, required: bool) -> dict[str, Any]:
 
 
 ID_PARAMETER = {"$ref": "#/components/parameters/KeyId"}
+WEBHOOK_PARAMETER = {"$ref": "#/components/parameters/WebhookEndpointId"}
 AUTH_ERRORS = ("401", "403", "429", "503")
 
 
@@ -332,6 +334,93 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     },
                 }
             },
+            f"{prefix}/webhook-endpoints": {
+                "get": {
+                    "operationId": "listWebhookEndpoints",
+                    "summary": "The account's webhook endpoints (webhook or admin)",
+                    "responses": {
+                        **_answer("200", "The endpoints, newest first", "WebhookEndpointList"),
+                        **_errors("400", *AUTH_ERRORS),
+                    },
+                },
+                "post": {
+                    "operationId": "createWebhookEndpoint",
+                    "summary": "Send the events of the calling key's mode to a URL",
+                    "description": "The URL must be https:// on a public address unless "
+                    "webhooks.allow_private_targets is set. The answer holds the signing "
+                    "secret, shown this once.",
+                    "requestBody": _body("WebhookEndpointCreate", True),
+                    "responses": {
+                        **_answer(
+                            "201", "The endpoint, with its secret shown once", "NewWebhookAnswer"
+                        ),
+                        **_errors("400", *AUTH_ERRORS, "413"),
+                    },
+                },
+            },
+            f"{prefix}/webhook-endpoints/{{id}}": {
+                "parameters": [WEBHOOK_PARAMETER],
+                "get": {
+                    "operationId": "getWebhookEndpoint",
+                    "summary": "One endpoint (never its secret)",
+                    "responses": {
+                        **_answer("200", "The endpoint", "WebhookEndpointAnswer"),
+                        **_errors(*AUTH_ERRORS, "404"),
+                    },
+                },
+                "patch": {
+                    "operationId": "updateWebhookEndpoint",
+                    "summary": "Change an endpoint's url, events, description or disabled",
+                    "requestBody": _body("WebhookEndpointUpdate", True),
+                    "responses": {
+                        **_answer("200", "The changed endpoint", "WebhookEndpointAnswer"),
+                        **_errors("400", *AUTH_ERRORS, "404", "413"),
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteWebhookEndpoint",
+                    "summary": "Delete an endpoint and its pending deliveries",
+                    "responses": {
+                        **_answer("200", "Deleted", "WebhookDeletedAnswer"),
+                        **_errors(*AUTH_ERRORS, "404"),
+                    },
+                },
+            },
+            f"{prefix}/webhook-endpoints/{{id}}/test": {
+                "parameters": [WEBHOOK_PARAMETER],
+                "post": {
+                    "operationId": "testWebhookEndpoint",
+                    "summary": "Send a webhook.test event to this endpoint, whatever its events",
+                    "responses": {
+                        **_answer("202", "Queued", "WebhookTestAnswer"),
+                        **_errors(*AUTH_ERRORS, "404"),
+                    },
+                },
+            },
+            f"{prefix}/webhook-endpoints/{{id}}/deliveries": {
+                "parameters": [WEBHOOK_PARAMETER],
+                "get": {
+                    "operationId": "listWebhookDeliveries",
+                    "summary": "One entry per event sent to this endpoint, newest first",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": LIST_MAX,
+                                "default": 10,
+                            },
+                        },
+                        {"name": "starting_after", "in": "query", "schema": EVENT_ID},
+                    ],
+                    "responses": {
+                        **_answer("200", "A page of deliveries", "WebhookDeliveryList"),
+                        **_errors("400", *AUTH_ERRORS, "404"),
+                    },
+                },
+            },
             f"{prefix}/openapi.json": {
                 "get": {
                     "operationId": "getOpenAPI",
@@ -355,10 +444,37 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 }
             },
             "parameters": {
-                "KeyId": {"name": "id", "in": "path", "required": True, "schema": KEY_ID}
+                "KeyId": {"name": "id", "in": "path", "required": True, "schema": KEY_ID},
+                "WebhookEndpointId": {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": WEBHOOK_ID,
+                },
             },
             "schemas": _schemas(),
         },
+    }
+
+
+EVENT_PATTERNS = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "string", "examples": ["*", "alert.*", "api_key.revoked"]},
+}
+
+
+def _webhook_properties() -> dict[str, Any]:
+    return {
+        "id": WEBHOOK_ID,
+        "object": {"const": "webhook_endpoint"},
+        "url": {"type": "string"},
+        "events": EVENT_PATTERNS,
+        "description": {"type": "string"},
+        "disabled": {"type": "boolean"},
+        "mode": MODE,
+        "account_id": ACCOUNT_ID,
+        "created_at": TIMESTAMP,
     }
 
 
@@ -527,6 +643,86 @@ def _schemas() -> dict[str, Any]:
         "EventList": _object(
             {
                 "data": {"type": "array", "items": _ref("Event")},
+                "has_more": {"type": "boolean"},
+                "meta": _object(
+                    {
+                        "request_id": {"type": "string"},
+                        "limit": {"type": "integer"},
+                        "has_more": {"type": "boolean"},
+                        "next_starting_after": _nullable(EVENT_ID),
+                    }
+                ),
+            }
+        ),
+        "WebhookEndpoint": _object(_webhook_properties()),
+        "NewWebhookEndpoint": _object(
+            {
+                **_webhook_properties(),
+                "secret": {
+                    "type": "string",
+                    "pattern": "^whsec_",
+                    "description": "The signing secret (Standard Webhooks), shown this once",
+                },
+            }
+        ),
+        "WebhookEndpointCreate": _object(
+            {
+                "url": {"type": "string", "format": "uri"},
+                "events": {**EVENT_PATTERNS, "default": ["*"]},
+                "description": {"type": "string", "maxLength": 500},
+            },
+            required=["url"],
+        ),
+        "WebhookEndpointUpdate": _object(
+            {
+                "url": {"type": "string", "format": "uri"},
+                "events": EVENT_PATTERNS,
+                "description": {"type": "string", "maxLength": 500},
+                "disabled": {"type": "boolean"},
+            },
+            required=[],
+        ),
+        "WebhookEndpointAnswer": _object({"data": _ref("WebhookEndpoint"), "meta": _ref("Meta")}),
+        "NewWebhookAnswer": _object({"data": _ref("NewWebhookEndpoint"), "meta": _ref("Meta")}),
+        "WebhookEndpointList": _object(
+            {"data": {"type": "array", "items": _ref("WebhookEndpoint")}, "meta": _ref("Meta")}
+        ),
+        "WebhookDeletedAnswer": _object(
+            {
+                "data": _object({"id": WEBHOOK_ID, "deleted": {"const": True}}),
+                "message": {"type": "string"},
+                "meta": _ref("Meta"),
+            }
+        ),
+        "WebhookTestAnswer": _object(
+            {
+                "data": _object(
+                    {
+                        "event_id": EVENT_ID,
+                        "endpoint_id": WEBHOOK_ID,
+                        "status": {"const": "pending"},
+                    }
+                ),
+                "meta": _ref("Meta"),
+            }
+        ),
+        "WebhookDelivery": _object(
+            {
+                "object": {"const": "webhook_delivery"},
+                "event_id": EVENT_ID,
+                "event_type": {"type": "string"},
+                "endpoint_id": WEBHOOK_ID,
+                "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "last_status_code": {"type": ["integer", "null"]},
+                "last_error": {"type": ["string", "null"]},
+                "next_attempt_at": _nullable(TIMESTAMP),
+                "created_at": TIMESTAMP,
+            }
+        ),
+        "WebhookDeliveryList": _object(
+            {
+                "data": {"type": "array", "items": _ref("WebhookDelivery")},
                 "has_more": {"type": "boolean"},
                 "meta": _object(
                     {

@@ -41,6 +41,9 @@ FAULTS: dict[str, Fault] = {
     "request_header_fields_too_large": Fault(
         431, "invalid_request_error", "The request headers are too large or too many"
     ),
+    "invalid_signature": Fault(
+        401, "authentication_error", "The request's signature is missing or invalid"
+    ),
     "missing_api_key": Fault(401, "authentication_error", "No API key provided", ""),
     "invalid_authorization_header": Fault(
         401,

@@ -8,6 +8,7 @@ from ..dashboard import dashboard_routes
 from ..forward_auth import forward_auth_routes
 from .api import management_routes
 from .audit_api import audit_routes
+from .secret_scanning import secret_scanning_routes
 
 if TYPE_CHECKING:
     from ..runtime import LocalHandler, Runtime
@@ -23,5 +24,6 @@ def local_routes(runtime: Runtime) -> tuple[tuple[str, bool, LocalHandler], ...]
         *forward_auth_routes(runtime, prefix),
         *management_routes(runtime, prefix),
         *audit_routes(runtime, prefix),
+        *secret_scanning_routes(runtime, prefix),
         *dashboard_routes(runtime),
     )

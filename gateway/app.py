@@ -18,6 +18,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from .alerts.detectors import AlertDetector
 from .compat.aiohttp import GatewayServer
 from .config.schema import Config
 from .events.delivery import WebhookDispatcher
@@ -113,16 +114,28 @@ class GatewayApp:
             on_store_error=config.rate_limits.on_store_error,
         )
         usage = UsageRecorder(handle.client, config.redis.key_prefix)
+        service = KeyService(store, config, audit=AuditLog(handle.client, config.redis.key_prefix))
+        alerts = None
+        if config.alerts.enabled:
+            alerts = AlertDetector(
+                handle.client,
+                config.redis.key_prefix,
+                service.events,
+                lambda: holder[0].snapshot.config.alerts,
+                store=store,
+                rotation_days=lambda: holder[0].snapshot.config.keys.rotation_days,
+            )
+        service.events.listeners.append(metrics.count_alert)
         runtime = Runtime(
             snapshot=Snapshot.build(config),
             store=store,
             cache=cache,
-            service=KeyService(
-                store, config, audit=AuditLog(handle.client, config.redis.key_prefix)
-            ),
+            service=service,
             metrics=metrics,
             access_log=AccessLog(config.keys.prefix),
-            pipeline=Pipeline(prefix=config.keys.prefix, cache=cache, limiter=limiter, usage=usage),
+            pipeline=Pipeline(
+                prefix=config.keys.prefix, cache=cache, limiter=limiter, usage=usage, alerts=alerts
+            ),
             limiter=limiter,
             usage=usage,
             streams=OpenStreams(lambda key_hash: runtime.load_key(key_hash)),
@@ -158,6 +171,10 @@ class GatewayApp:
         stack.push_async_callback(usage.stop)  # writes the counts not yet written
         events = runtime.service.events
         stack.push_async_callback(events.drain)  # events raised in the background
+        if alerts is not None:
+            alerts.start()
+            stack.push_async_callback(alerts.stop)  # folds the last counts (before drain)
+            runtime.alerts = alerts
         if config.webhooks.enabled and isinstance(events.fan_out, WebhookStore):
             dispatcher = WebhookDispatcher(events.fan_out, config.webhooks)
             dispatcher.start()

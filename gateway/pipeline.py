@@ -125,11 +125,15 @@ def attempt_for(
 
 
 class Pipeline:
-    def __init__(self, *, prefix: str, cache: KeyCache, limiter=None, usage=None, clock=time.time):
+    def __init__(
+        self, *, prefix: str, cache: KeyCache, limiter=None, usage=None, alerts=None,
+        clock=time.time,
+    ):  # fmt: skip
         self.prefix = prefix
         self.cache = cache
         self.limiter = limiter
         self.usage = usage
+        self.alerts = alerts  # the AlertDetector: in-process counts, no store call
         self.clock = clock
 
     async def identify(self, authorization: list[str]) -> CompiledKey | Denial:
@@ -157,7 +161,7 @@ class Pipeline:
         attempt.key = key
         denial = self.restrict(key, attempt)
         if denial is not None:
-            self._count(key, attempt.route_name, denial.code)
+            self._count(key, attempt, denial.code)
             return denial
         principal = Principal(key)
         if self.limiter is not None:
@@ -165,9 +169,9 @@ class Pipeline:
             if decision is not None:
                 principal.rate = decision
                 if not decision.allowed:
-                    self._count(key, attempt.route_name, "rate_limit_exceeded")
+                    self._count(key, attempt, "rate_limit_exceeded")
                     return decision.denial()
-        self._count(key, attempt.route_name, None)
+        self._count(key, attempt, None)
         return principal
 
     def restrict(self, key: CompiledKey, attempt: Attempt) -> Denial | None:
@@ -185,6 +189,8 @@ class Pipeline:
             return ENDPOINT_NOT_ALLOWED
         return permission_denial(key.permissions, attempt.required_permission)
 
-    def _count(self, key: CompiledKey, route: str, code: str | None) -> None:
+    def _count(self, key: CompiledKey, attempt: Attempt, code: str | None) -> None:
         if self.usage is not None:
-            self.usage.record(key, route, code)
+            self.usage.record(key, attempt.route_name, code)
+        if self.alerts is not None:
+            self.alerts.observe(key, attempt.client_ip, code)

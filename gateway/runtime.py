@@ -89,6 +89,7 @@ class Runtime:
     worker: int | None = None
     draining: bool = False  # /readyz answers 503 from the moment this is set
     webhooks: Any = None  # this replica's WebhookDispatcher, when it delivers
+    alerts: Any = None  # this replica's AlertDetector, when alerts are on
 
     @property
     def config(self) -> Config:

@@ -118,10 +118,19 @@ class Metrics:
         self.store_up = Gauge(
             "gateway_store_up", "1 when the key store answers", registry=self.registry
         )
+        self.alerts = Counter(
+            "gateway_alerts", "Alerts raised by this process, by type",
+            ["type"], registry=self.registry,
+        )  # fmt: skip
         self.websockets = Gauge(
             "gateway_websocket_connections", "WebSocket connections open now, by route",
             ["route"], registry=self.registry,
         )  # fmt: skip
+
+    def count_alert(self, event) -> None:
+        """An event listener: alerts raised by this process, by type (``usage_spike``, …)."""
+        if event.type.startswith("alert."):
+            self.alerts.labels(type=event.type[6:]).inc()
 
     def watch_cache(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
         self.registry.register(_CacheCollector(read))

@@ -101,6 +101,12 @@ SCENARIOS: list[Scenario] = [
         headers=bearer("limited"),
     ),
     Scenario(
+        "gateway_alerts_off",
+        "gateway, cached key + rate limit, alert detectors off",
+        "gateway_alerts_off",
+        headers=bearer("limited"),
+    ),
+    Scenario(
         "forward_auth",
         "forward auth decision (/v1/auth/check), cached key",
         "gateway",
@@ -143,6 +149,12 @@ GOALS: list[Goal] = [
         "forwarder",
         0.85,
         "the checks cost at most 15% of the gateway's own forwarder without them",
+    ),
+    Goal(
+        "gateway_rate_limited",
+        "gateway_alerts_off",
+        0.95,
+        "every alert detector on costs at most 5% of the same gateway with alerts off",
     ),
     Goal(
         "gateway_rate_limited",
@@ -311,6 +323,7 @@ class Bench:
                 "passthrough": self._start_passthrough,
                 "forwarder": lambda: self._start_passthrough("forwarder", "gateway"),
                 "gateway": self._start_gateway,
+                "gateway_alerts_off": self._start_gateway_alerts_off,
             }[name]
             self.services[name] = starter()
         return self.services[name]
@@ -330,6 +343,24 @@ class Bench:
         proc = self.procs.start(name, argv, self.tmp / f"{name}.log", cwd=source, env=env)
         wait_until(lambda: http_get(admin, "/readyz")[0] == 200, name, proc, 30)
         return Service(name, port, proc)
+
+    def _start_gateway_alerts_off(self) -> Service:
+        """The same gateway, config, store and keys, with ``alerts.enabled: false``."""
+        self.service("gateway")
+        assert self.config_path is not None
+        config = json.loads(self.config_path.read_text())
+        port, admin = free_port(), free_port()
+        config["server"]["port"], config["admin"]["port"] = port, admin
+        config["alerts"] = {"enabled": False}
+        path = self.tmp / "gateway_alerts_off.yaml"
+        path.write_text(json.dumps(config, indent=2))
+        env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+        argv = [PYTHON, "-m", "gateway", "--config", str(path), "serve"]
+        proc = self.procs.start(
+            "gateway_alerts_off", argv, self.tmp / "gateway_alerts_off.log", cwd=ROOT, env=env
+        )
+        wait_until(lambda: http_get(admin, "/readyz")[0] == 200, "gateway_alerts_off", proc, 30)
+        return Service("gateway_alerts_off", port, proc)
 
     def _start_command(self, name: str, command: str) -> Service:
         """A proxy of your own (``--compare``), run in front of the same upstream."""

@@ -71,27 +71,34 @@ return 1
 """
 
 
-def network_of(address: Any) -> bytes | None:
-    """The /24 (IPv4) or /48 (IPv6) of an address, as a cheap dictionary key."""
+def network_of(address: Any) -> int | None:
+    """The /24 (IPv4) or /48 (IPv6) of an address as one int (IPv6 ones negative): a cheap
+    dictionary key, computed per request."""
     if address is None:
         return None
-    packed = address.packed
-    return packed[:3] if len(packed) == 4 else packed[:6]
+    number = int(address)
+    return number >> 8 if address.max_prefixlen == 32 else -1 - (number >> 80)
 
 
-def network_text(net: bytes) -> str:
-    if len(net) == 3:
-        return str(ipaddress.IPv4Network((net + b"\0", 24)))
-    return str(ipaddress.IPv6Network((net + b"\0" * 10, 48)))
+def network_text(net: int) -> str:
+    if net >= 0:
+        return str(ipaddress.IPv4Network((net << 8, 24)))
+    return str(ipaddress.IPv6Network(((-1 - net) << 80, 48)))
 
 
-class _Denied:
-    __slots__ = ("count", "codes", "ips")
+class _KeyCounts:
+    """One key's counts since the last flush, and the networks this process knows it uses."""
 
-    def __init__(self) -> None:
-        self.count = 0
+    __slots__ = ("account_id", "mode", "requests", "denied", "codes", "ips", "networks")
+
+    def __init__(self, record: Any) -> None:
+        self.account_id: str = record.account_id
+        self.mode: str = record.mode
+        self.requests = 0
+        self.denied = 0
         self.codes: dict[str, int] = {}
         self.ips: set[str] = set()
+        self.networks: set[int] = set()
 
 
 class AlertDetector:
@@ -113,11 +120,9 @@ class AlertDetector:
         self.store = store  # the KeyStore, for the sweeps
         self.rotation_days = rotation_days
         self.clock = clock
-        self._owners: dict[str, tuple[str, str]] = {}  # key id -> (account id, mode)
-        self._requests: dict[str, int] = {}
-        self._denied: dict[str, _Denied] = {}
-        self._known: dict[str, set[bytes]] = {}
-        self._new: list[tuple[str, bytes, str]] = []  # (key id, network, ip)
+        self._counts: dict[str, _KeyCounts] = {}  # key id -> its counts
+        self._active: list[str] = []  # keys with requests since the last flush
+        self._new: list[tuple[str, int, str]] = []  # (key id, network, ip)
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
@@ -130,37 +135,48 @@ class AlertDetector:
 
     def observe(self, key: Any, client_ip: Any, code: str | None) -> None:
         """One request of an identified key (``code`` None when allowed)."""
-        record = key.record
-        key_id = record.id
-        if key_id not in self._owners:
-            self._owners[key_id] = (record.account_id, record.mode)
-        requests = self._requests
-        requests[key_id] = requests.get(key_id, 0) + 1
+        key_id = key.record.id
+        counts = self._counts.get(key_id)
+        if counts is None:
+            counts = self._counts[key_id] = _KeyCounts(key.record)
+        if not counts.requests:
+            self._active.append(key_id)
+        counts.requests += 1
         if code is not None and code in DENIED_CODES:
-            denied = self._denied.get(key_id)
-            if denied is None:
-                denied = self._denied[key_id] = _Denied()
-            denied.count += 1
-            denied.codes[code] = denied.codes.get(code, 0) + 1
-            if len(denied.ips) < MAX_IPS and client_ip is not None:
-                denied.ips.add(str(client_ip))
-        net = network_of(client_ip)
-        if net is not None:
-            known = self._known.get(key_id)
-            if known is None:
-                known = self._known[key_id] = set()
-            if net not in known:
-                if len(known) < MAX_NETWORKS_PER_KEY:
-                    known.add(net)
+            counts.denied += 1
+            counts.codes[code] = counts.codes.get(code, 0) + 1
+            if len(counts.ips) < MAX_IPS and client_ip is not None:
+                counts.ips.add(str(client_ip))
+        if client_ip is not None:
+            number = int(client_ip)
+            net = number >> 8 if client_ip.max_prefixlen == 32 else -1 - (number >> 80)
+            networks = counts.networks
+            if net not in networks:
+                if len(networks) < MAX_NETWORKS_PER_KEY:
+                    networks.add(net)
                 self._new.append((key_id, net, str(client_ip)))
 
     # -- folding into the store --------------------------------------------------
 
     async def flush(self) -> None:
         """Fold the counts since the last flush into the store and judge them."""
-        requests, self._requests = self._requests, {}
-        denied, self._denied = self._denied, {}
+        active, self._active = self._active, []
         new, self._new = self._new, []
+        requests: dict[str, int] = {}
+        denied: dict[str, _KeyCounts] = {}
+        for key_id in active:
+            counts = self._counts[key_id]
+            requests[key_id] = counts.requests
+            counts.requests = 0
+            if counts.denied:
+                snapshot = _KeyCounts.__new__(_KeyCounts)
+                snapshot.denied, snapshot.codes, snapshot.ips = (
+                    counts.denied,
+                    counts.codes,
+                    counts.ips,
+                )
+                denied[key_id] = snapshot
+                counts.denied, counts.codes, counts.ips = 0, {}, set()
         if not (requests or denied or new):
             return
         config = self.config()
@@ -173,11 +189,11 @@ class AlertDetector:
             if denied and config.denied_burst.enabled:
                 await self._bursts(denied, now, config)
         except STORE_ERRORS as exc:
-            for key_id, _net, _ip in new:
-                self._known.get(key_id, set()).discard(_net)  # asked again next time
+            for key_id, net, _ip in new:
+                self._counts[key_id].networks.discard(net)  # asked again next time
             log.warning("alert counts not folded into the store: %s", exc)
 
-    async def _networks(self, new: list[tuple[str, bytes, str]], now: float, config) -> None:
+    async def _networks(self, new: list[tuple[str, int, str]], now: float, config) -> None:
         learn_for = config.new_network.learn_for
         async with self.client.pipeline(transaction=False) as pipe:
             for key_id, net, _ in new:
@@ -225,14 +241,14 @@ class AlertDetector:
                     once_for=spike.window,
                 )  # fmt: skip
 
-    async def _bursts(self, denied: dict[str, _Denied], now: float, config) -> None:
+    async def _bursts(self, denied: dict[str, _KeyCounts], now: float, config) -> None:
         burst = config.denied_burst
         bucket = int(now // burst.window)
         share = 1.0 - (now % burst.window) / burst.window
         async with self.client.pipeline(transaction=False) as pipe:
             for key_id, seen in denied.items():
                 name = self._k("dn", key_id, str(bucket))
-                pipe.hincrby(name, "n", seen.count)
+                pipe.hincrby(name, "n", seen.denied)
                 for code, n in seen.codes.items():
                     pipe.hincrby(name, "c:" + code, n)
                 for ip in seen.ips:
@@ -279,9 +295,12 @@ class AlertDetector:
             )
             if not marked:
                 return
-        account_id, mode = owner or self._owners.get(key_id, ("", ""))
-        if not account_id:
-            return
+        if owner is None:
+            counts = self._counts.get(key_id)
+            if counts is None:
+                return
+            owner = (counts.account_id, counts.mode)
+        account_id, mode = owner
         self.fired += 1
         self.events.emit_soon(f"alert.{kind}", account_id=account_id, mode=mode, data=data)
 

@@ -21,9 +21,11 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import bearer, gateways, new_account, new_key, upstream_url
 from playwright.async_api import Browser, Page, async_playwright, expect
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway.demo.upstream import create_upstream
 from gateway.keys.service import CLI as CLI_ACTOR
@@ -176,6 +178,7 @@ async def dashboard(start_gateway, base_config, upstream, browser, output_dir, r
     setup.gw = await start_gateway(
         base_config(
             server={"access_log": False},
+            webhooks={"allow_private_targets": True, "retry_schedule": ["1s"]},
             routes=[
                 {
                     "name": "users",
@@ -1002,3 +1005,148 @@ async def looks_right_at(tab: Tab, width: int) -> None:
     await expect(page.locator("#audit-body tr").first).to_be_visible()
     await fits()
     await tab.shot(f"{width}-audit")
+
+
+# -- alerts and webhooks -----------------------------------------------------------------
+
+
+async def test_alerts_panel_says_what_happened_and_revokes_or_rotates_in_one_click(dashboard, http):
+    tab, gw, page = dashboard.tab, dashboard.gw, dashboard.tab.page
+    billing_id, billing = await new_key(gw.service, dashboard.account, name="Billing worker")
+    export_id, _ = await new_key(gw.service, dashboard.account, name="Nightly export")
+    emit = gw.service.events.emit
+    await emit("alert.denied_burst", account_id=dashboard.account, mode="live",
+               data={"key_id": billing_id, "count": 25, "codes": {"ip_not_allowed": 25},
+                     "ips": ["203.0.113.9"], "window": 300})  # fmt: skip
+    await emit("alert.rotation_due", account_id=dashboard.account, mode="live",
+               data={"key_id": export_id, "created_at": "2026-01-02T03:04:05Z"})  # fmt: skip
+    await emit("alert.new_network", account_id=dashboard.account, mode="live",
+               data={"key_id": billing_id, "network": "198.51.100.0/24",
+                     "ip": "198.51.100.7"})  # fmt: skip
+    await tab.sign_in_admin(dashboard.admin)
+    await page.get_by_role("link", name="Alerts").click()
+    rows = page.locator("#alerts-body tr")
+    await expect(rows).to_have_count(3)
+    # newest first, saying what happened to which key
+    await expect(rows.nth(0)).to_contain_text("New network")
+    await expect(rows.nth(0)).to_contain_text("Billing worker")
+    await expect(rows.nth(0)).to_contain_text("198.51.100.7")
+    await expect(rows.nth(1)).to_contain_text("Rotation due")
+    await expect(rows.nth(1)).to_contain_text("Nightly export")
+    await expect(rows.nth(2)).to_contain_text("Burst of refusals")
+    await expect(rows.nth(2)).to_contain_text("ip_not_allowed")
+    await tab.shot("1-alerts")
+
+    await rows.nth(0).get_by_role("button", name="Revoke Billing worker").click()
+    revoke = page.get_by_role("dialog", name=re.compile("^Revoke key"))
+    await revoke.get_by_role("button", name="Revoke key").click()
+    await expect(page.locator("#flash")).to_contain_text("revoked")
+    await expect(rows.nth(0).get_by_role("button", name="Revoke Billing worker")).to_have_count(0)
+    await expect(rows.nth(0)).to_contain_text("revoked")
+    status, body = await status_within(http, gw.url + "/v1/users/1", billing, 401, 2.0)
+    assert (status, body["error"]["code"]) == (401, "revoked_api_key")
+
+    await rows.nth(1).get_by_role("button", name="Rotate Nightly export").click()
+    rotate = page.get_by_role("dialog", name=re.compile("^Rotate key"))
+    await rotate.get_by_role("button", name="Rotate key").click()
+    shown = page.get_by_role("dialog", name="Your new API key")
+    await expect(shown).to_be_visible()
+    assert SECRET.match(await shown.get_by_label(re.compile("^Secret key for")).input_value())
+    await tab.shot("2-rotated-from-an-alert", mask=[shown.locator("input")])
+    await shown.get_by_role("button", name="I have stored the key").click()
+    listed = await api_get(http, gw, dashboard.admin, f"/api-keys/{export_id}")
+    assert listed["data"]["rotated_to"]
+    tab.assert_clean()
+
+
+class HookReceiver:
+    """A webhook receiver that verifies every delivery with `standardwebhooks`."""
+
+    def __init__(self) -> None:
+        self.secret: str | None = None
+        self.received: list[dict[str, Any]] = []
+        self.server: TestServer | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            payload = Webhook(self.secret or "whsec_AAAA").verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            self.received.append({"verified": False})
+            return web.Response(status=400)
+        self.received.append({"verified": True, "type": payload["type"]})
+        return web.Response(status=204)
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+        return f"http://127.0.0.1:{self.server.port}/hook"
+
+
+@in_module_loop
+async def hook_receiver() -> AsyncIterator[HookReceiver]:
+    receiver = HookReceiver()
+    yield receiver
+    if receiver.server is not None:
+        await receiver.server.close()
+
+
+async def test_webhook_endpoints_created_tested_disabled_and_deleted(dashboard, http,
+                                                                      hook_receiver):  # fmt: skip
+    tab, gw, page = dashboard.tab, dashboard.gw, dashboard.tab.page
+    url = await hook_receiver.start()
+    await tab.sign_in_admin(dashboard.admin)
+    await page.get_by_role("link", name="Webhooks").click()
+    await expect(page.locator("#webhooks-empty")).to_be_visible()
+
+    form = page.locator("#webhook-form")
+    await form.get_by_label("Endpoint URL").fill("ftp://example.com/hook")
+    await form.get_by_role("button", name="Add endpoint").click()
+    await expect(page.locator("#err-url")).to_contain_text("http(s)://")
+    await tab.shot("1-refused-url")
+
+    await form.get_by_label("Endpoint URL").fill(url)
+    await form.get_by_label("Description (optional)").fill("ops pager")
+    await form.get_by_role("button", name="Add endpoint").click()
+    shown = page.get_by_role("dialog", name="Your endpoint's signing secret")
+    await expect(shown).to_be_visible()
+    await expect(shown).to_contain_text("shown only once")
+    secret = await shown.get_by_label("Signing secret").input_value()
+    assert secret.startswith("whsec_")
+    await tab.shot("2-secret-shown-once", mask=[shown.locator("input")])
+    await shown.get_by_role("button", name="I have stored the secret").click()
+    await expect(page.locator("#whsecret-value")).to_have_value("")
+    assert secret not in await page.content()
+    hook_receiver.secret = secret
+
+    row = page.locator("#webhooks-body tr")
+    await expect(row).to_have_count(1)
+    await expect(row).to_contain_text(url)
+    await expect(row).to_contain_text("enabled")
+
+    await row.get_by_role("button", name=f"Send a test event to {url}").click()
+    await expect(page.locator("#flash")).to_contain_text("test event")
+    deliveries = page.locator("#deliveries-body tr")
+    await expect(deliveries).to_have_count(1)
+    await expect(deliveries.first).to_contain_text("webhook.test")
+    deadline = time.monotonic() + 10
+    while "delivered" not in await deliveries.first.inner_text():
+        assert time.monotonic() < deadline, await deliveries.first.inner_text()
+        await row.get_by_role("button", name=f"Deliveries to {url}").click()
+        await page.wait_for_timeout(200)
+    await expect(deliveries.first).to_contain_text("204")
+    assert hook_receiver.received == [{"verified": True, "type": "webhook.test"}]
+    await tab.shot("3-delivered")
+
+    await row.get_by_role("button", name=f"Disable {url}").click()
+    await expect(row).to_contain_text("disabled")
+    listed = await api_get(http, gw, dashboard.admin, "/webhook-endpoints")
+    assert listed["data"][0]["disabled"] is True
+    await tab.shot("4-disabled")
+
+    await row.get_by_role("button", name=f"Delete {url}").click()
+    await expect(page.locator("#webhooks-empty")).to_be_visible()
+    assert (await api_get(http, gw, dashboard.admin, "/webhook-endpoints"))["data"] == []
+    tab.assert_clean(400)

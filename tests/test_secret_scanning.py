@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -78,7 +79,14 @@ async def leak_config(base_config, github, upstream):
     def make(action: str = "revoke") -> dict:
         return base_config(
             leak_detection={"action": action, "github": {"public_keys_url": url}},
-            routes=[{"name": "api", "match": "/api", "upstream": upstream_url(upstream)}],
+            routes=[
+                {
+                    "name": "api",
+                    "match": "/api",
+                    "upstream": upstream_url(upstream),
+                    "strip_prefix": True,
+                }
+            ],  # fmt: skip
         )
 
     return make
@@ -150,6 +158,30 @@ async def test_a_reported_key_is_revoked_on_every_replica_and_answered_githubs_w
             "github_secret_scanning" for a in audit
         )  # fmt: skip
         assert github.fetches == 1
+
+
+async def test_a_leaked_keys_open_stream_on_another_replica_is_cut(leak_config, github, http,
+                                                                   redis_client):  # fmt: skip
+    async with gateways() as start:
+        here, there = await start(leak_config()), await start(leak_config())
+        account = await new_account(here.service)
+        _, secret = await new_key(here.service, account)
+        stream = await http.get(
+            there.url + "/api/stream?count=1000&interval=0.05", headers=bearer(secret)
+        )
+        assert stream.status == 200
+        await stream.content.readany()  # flowing
+        body = report(secret)
+        started = time.monotonic()
+        status, _ = await post_report(http, here, body, github.sign(body))
+        assert status == 200
+        with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+            while time.monotonic() - started < 5:
+                if not await stream.content.readany():
+                    break
+            raise aiohttp.ClientPayloadError("the stream ended on its own")
+        assert time.monotonic() - started < 1.5
+        stream.close()
 
 
 async def test_a_missing_or_bad_signature_acts_on_nothing(leak_config, github, http,

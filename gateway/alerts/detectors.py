@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -77,7 +78,7 @@ def network_of(address: Any) -> int | None:
     if address is None:
         return None
     number = int(address)
-    return number >> 8 if address.max_prefixlen == 32 else -1 - (number >> 80)
+    return number >> 8 if isinstance(address, IPv4Address) else -1 - (number >> 80)
 
 
 def network_text(net: int) -> str:
@@ -149,7 +150,7 @@ class AlertDetector:
                 counts.ips.add(str(client_ip))
         if client_ip is not None:
             number = int(client_ip)
-            net = number >> 8 if client_ip.max_prefixlen == 32 else -1 - (number >> 80)
+            net = number >> 8 if isinstance(client_ip, IPv4Address) else -1 - (number >> 80)
             networks = counts.networks
             if net not in networks:
                 if len(networks) < MAX_NETWORKS_PER_KEY:

@@ -16,6 +16,7 @@
     rotationDays: parseInt(root.dataset.rotationDays || "90", 10) || 90,
   };
   var STORAGE_KEY = "keygate.dashboard.api_key";
+  var PANELS = ["keys", "usage", "account", "alerts", "webhooks", "audit"];
   var DAY_MS = 86400000;
   var FIELD_IDS = {
     name: "create-name",
@@ -27,6 +28,9 @@
     allowed_endpoints: "create-endpoints",
     rate_limit: "create-rate",
     metadata: "create-metadata",
+    url: "webhook-url",
+    events: "webhook-events",
+    description: "webhook-description",
   };
 
   var state = {
@@ -286,7 +290,7 @@
     } catch (e) {
       /* nothing stored */
     }
-    ["create-dialog", "secret-dialog", "rotate-dialog", "revoke-dialog"].forEach(function (id) {
+    ["create-dialog", "secret-dialog", "rotate-dialog", "revoke-dialog", "whsecret-dialog"].forEach(function (id) {
       if ($(id).open) $(id).close();
     });
     destroyChart();
@@ -337,12 +341,12 @@
     var hash = location.hash.replace(/^#/, "");
     var view = "keys";
     var keyId = null;
-    if (hash === "account" || hash === "audit") view = hash;
+    if (PANELS.indexOf(hash) !== -1 && hash !== "usage") view = hash;
     else if (hash.indexOf("usage/") === 0) {
       view = "usage";
       keyId = decodeURIComponent(hash.slice("usage/".length));
     }
-    ["keys", "usage", "account", "audit"].forEach(function (name) {
+    PANELS.forEach(function (name) {
       show($("panel-" + name), name === view);
     });
     var current = view === "usage" ? "keys" : view;
@@ -355,6 +359,8 @@
     else if (view === "usage") loadUsage(keyId);
     else if (view === "account") loadAccount();
     else if (view === "audit") loadAudit();
+    else if (view === "alerts") loadAlerts();
+    else if (view === "webhooks") loadWebhooks();
   }
 
   // Keys
@@ -642,6 +648,11 @@
 
   // Rotate and revoke
 
+  /* After a rotation or revocation: the list it was started from (keys, or alerts). */
+  function reloadList() {
+    return $("panel-alerts").hidden ? loadKeys() : loadAlerts();
+  }
+
   function openRotate(key) {
     state.target = key;
     var form = $("rotate-form");
@@ -667,7 +678,7 @@
         $("rotate-dialog").close();
         state.target = null;
         showSecret(created);
-        loadKeys();
+        reloadList();
       })
       .catch(function (error) {
         if (error instanceof ApiError && error.status === 401) return failed(error);
@@ -697,10 +708,10 @@
         $("revoke-dialog").close();
         state.target = null;
         showFlash("Key \u201c" + (key.name || key.id) + "\u201d revoked.");
-        return loadKeys();
+        return reloadList();
       })
       .then(function () {
-        $("keys-title").focus();
+        $($("panel-alerts").hidden ? "keys-title" : "alerts-title").focus();
       })
       .catch(function (error) {
         if (error instanceof ApiError && error.status === 401) return failed(error);
@@ -996,6 +1007,285 @@
       .catch(failed);
   }
 
+  // Alerts
+
+  var ALERT_NAMES = {
+    "alert.new_network": "New network",
+    "alert.usage_spike": "Usage spike",
+    "alert.denied_burst": "Burst of refusals",
+    "alert.key_unused": "Key unused",
+    "alert.rotation_due": "Rotation due",
+    "alert.quota_threshold": "Quota threshold",
+  };
+
+  function alertText(event) {
+    var d = event.data || {};
+    switch (event.type) {
+      case "alert.new_network":
+        return "Used from " + (d.ip || "?") + ", in " + (d.network || "?") + ", a network it had not used before.";
+      case "alert.usage_spike":
+        return d.count + " requests in the last window; it usually makes " + d.baseline + ".";
+      case "alert.denied_burst":
+        var codes = Object.keys(d.codes || {}).map(function (code) {
+          return code + " \u00d7" + d.codes[code];
+        });
+        return d.count + " refused requests (" + codes.join(", ") + ") from " + (d.ips || []).join(", ") + ".";
+      case "alert.key_unused":
+        return d.last_used_at ? "Not used since " + formatTime(d.last_used_at) + "." : "Never used.";
+      case "alert.rotation_due":
+        return "Created " + formatTime(d.created_at) + ", older than " + CONFIG.rotationDays + " days.";
+      case "alert.quota_threshold":
+        return (d.scope || "quota") + ": " + d.used + " of " + d.limit + " used.";
+      default:
+        return JSON.stringify(d);
+    }
+  }
+
+  function loadAlerts() {
+    var table = $("alerts-table");
+    table.setAttribute("aria-busy", "true");
+    return api("GET", "/events?type=alert.&limit=100")
+      .then(function (result) {
+        var events = (result.data && result.data.data) || [];
+        var ids = [];
+        events.forEach(function (event) {
+          var id = event.data && event.data.key_id;
+          if (id && ids.indexOf(id) === -1) ids.push(id);
+        });
+        return Promise.all(
+          ids.map(function (id) {
+            return api("GET", "/api-keys/" + encodeURIComponent(id)).then(
+              function (r) {
+                return r.data && r.data.data;
+              },
+              function () {
+                return null;
+              }
+            );
+          })
+        ).then(function (keys) {
+          var byId = {};
+          keys.forEach(function (key) {
+            if (key) byId[key.id] = key;
+          });
+          renderAlerts(events, byId);
+        });
+      })
+      .catch(failed)
+      .then(function () {
+        table.removeAttribute("aria-busy");
+      });
+  }
+
+  function renderAlerts(events, byId) {
+    var body = $("alerts-body");
+    clear(body);
+    events.forEach(function (event) {
+      var keyId = (event.data && event.data.key_id) || null;
+      var key = keyId ? byId[keyId] : null;
+      var name = key ? key.name || key.id : keyId || "\u2014";
+      var actions = el("div", { className: "actions" });
+      if (key && keyStatus(key) === "active") {
+        var rotate = el("button", {
+          type: "button",
+          className: "button small secondary",
+          "aria-label": "Rotate " + name,
+          text: "Rotate",
+        });
+        rotate.addEventListener("click", function () {
+          openRotate(key);
+        });
+        var revoke = el("button", {
+          type: "button",
+          className: "button small danger",
+          "aria-label": "Revoke " + name,
+          text: "Revoke",
+        });
+        revoke.addEventListener("click", function () {
+          openRevoke(key);
+        });
+        actions.appendChild(rotate);
+        actions.appendChild(revoke);
+      } else if (key) {
+        actions.appendChild(badge(keyStatus(key), keyStatus(key)));
+      }
+      var keyCell = [el("span", { className: "key-name", text: name })];
+      if (key) keyCell.push(" ", el("code", { className: "key-mask", text: maskedKey(key) }));
+      body.appendChild(
+        el("tr", { "data-event-id": event.id, "data-type": event.type }, [
+          cell("When", [timeCell(event.created_at, "\u2014")]),
+          cell("Alert", [badge(ALERT_NAMES[event.type] || event.type, "due")]),
+          cell("Key", keyCell),
+          cell("What happened", [el("span", { text: alertText(event) })]),
+          cell("Actions", [actions]),
+        ])
+      );
+    });
+    show($("alerts-empty"), events.length === 0);
+    show($("alerts-table"), events.length > 0);
+  }
+
+  // Webhooks
+
+  function loadWebhooks() {
+    return api("GET", "/webhook-endpoints")
+      .then(function (result) {
+        var endpoints = (result.data && result.data.data) || [];
+        var body = $("webhooks-body");
+        clear(body);
+        endpoints.forEach(function (endpoint) {
+          body.appendChild(webhookRow(endpoint));
+        });
+        show($("webhooks-empty"), endpoints.length === 0);
+        show($("webhooks-table"), endpoints.length > 0);
+        if (state.deliveriesFor) {
+          var still = endpoints.filter(function (e) {
+            return e.id === state.deliveriesFor.id;
+          })[0];
+          if (still) return loadDeliveries(still);
+          state.deliveriesFor = null;
+          show($("deliveries"), false);
+        }
+      })
+      .catch(failed);
+  }
+
+  function smallButton(text, label, kind, onClick) {
+    var button = el("button", {
+      type: "button",
+      className: "button small " + (kind || "secondary"),
+      "aria-label": label,
+      text: text,
+    });
+    button.addEventListener("click", onClick);
+    return button;
+  }
+
+  function webhookRow(endpoint) {
+    var where = endpoint.description ? endpoint.url + " (" + endpoint.description + ")" : endpoint.url;
+    var actions = el("div", { className: "actions" }, [
+      smallButton("Send test", "Send a test event to " + endpoint.url, "secondary", function () {
+        sendTest(endpoint);
+      }),
+      smallButton("Deliveries", "Deliveries to " + endpoint.url, "secondary", function () {
+        loadDeliveries(endpoint);
+      }),
+      smallButton(
+        endpoint.disabled ? "Enable" : "Disable",
+        (endpoint.disabled ? "Enable " : "Disable ") + endpoint.url,
+        "secondary",
+        function () {
+          setDisabled(endpoint, !endpoint.disabled);
+        }
+      ),
+      smallButton("Delete", "Delete " + endpoint.url, "danger", function () {
+        deleteEndpoint(endpoint);
+      }),
+    ]);
+    return el("tr", { "data-endpoint-id": endpoint.id }, [
+      el("th", { scope: "row", "data-label": "URL" }, [
+        el("div", { className: "cell" }, [el("code", { className: "endpoint-url", text: where })]),
+      ]),
+      cell("Events", [el("span", { text: (endpoint.events || []).join(", ") })]),
+      cell("Status", [
+        endpoint.disabled ? badge("disabled", "revoked") : badge("enabled", "active"),
+      ]),
+      cell("Created", [timeCell(endpoint.created_at, "\u2014")]),
+      cell("Actions", [actions]),
+    ]);
+  }
+
+  function submitWebhook(event) {
+    event.preventDefault();
+    var form = $("webhook-form");
+    clearFieldErrors(form);
+    var events = $("webhook-events")
+      .value.split(",")
+      .map(function (part) {
+        return part.trim();
+      })
+      .filter(Boolean);
+    var body = { url: $("webhook-url").value.trim(), events: events.length ? events : ["*"] };
+    var description = $("webhook-description").value.trim();
+    if (description) body.description = description;
+    $("webhook-submit").disabled = true;
+    api("POST", "/webhook-endpoints", body)
+      .then(function (result) {
+        var created = (result.data && result.data.data) || {};
+        form.reset();
+        $("whsecret-value").value = created.secret || "";
+        $("whsecret-dialog").showModal();
+        $("whsecret-value").select();
+        return loadWebhooks();
+      })
+      .catch(function (error) {
+        if (error instanceof ApiError && error.status === 401) return failed(error);
+        fieldError(
+          ["url", "events", "description"].indexOf(error.field) !== -1 ? error.field : null,
+          error.message,
+          "webhook-error"
+        );
+      })
+      .then(function () {
+        $("webhook-submit").disabled = false;
+      });
+  }
+
+  function sendTest(endpoint) {
+    api("POST", "/webhook-endpoints/" + encodeURIComponent(endpoint.id) + "/test")
+      .then(function () {
+        showFlash("A test event is on its way to " + endpoint.url + ".");
+        return loadDeliveries(endpoint);
+      })
+      .catch(failed);
+  }
+
+  function setDisabled(endpoint, disabled) {
+    api("PATCH", "/webhook-endpoints/" + encodeURIComponent(endpoint.id), { disabled: disabled })
+      .then(function () {
+        showFlash("Endpoint " + endpoint.url + (disabled ? " disabled." : " enabled."));
+        return loadWebhooks();
+      })
+      .catch(failed);
+  }
+
+  function deleteEndpoint(endpoint) {
+    api("DELETE", "/webhook-endpoints/" + encodeURIComponent(endpoint.id))
+      .then(function () {
+        showFlash("Endpoint " + endpoint.url + " deleted.");
+        return loadWebhooks();
+      })
+      .catch(failed);
+  }
+
+  function loadDeliveries(endpoint) {
+    state.deliveriesFor = endpoint;
+    return api("GET", "/webhook-endpoints/" + encodeURIComponent(endpoint.id) + "/deliveries?limit=50")
+      .then(function (result) {
+        var deliveries = (result.data && result.data.data) || [];
+        $("deliveries-url").textContent = endpoint.url;
+        var body = $("deliveries-body");
+        clear(body);
+        deliveries.forEach(function (d) {
+          var answer = d.last_status_code ? String(d.last_status_code) : d.last_error || "\u2014";
+          if (d.last_status_code && d.last_error) answer += " (" + d.last_error + ")";
+          body.appendChild(
+            el("tr", { "data-event-id": d.event_id }, [
+              cell("Event", [el("code", { text: d.event_id })]),
+              cell("Type", [el("span", { text: d.event_type })]),
+              cell("Status", [badge(d.status, d.status === "delivered" ? "active" : d.status === "failed" ? "revoked" : "due")]),
+              cell("Attempts", [el("span", { text: String(d.attempts) })]),
+              cell("Last answer", [el("span", { text: answer })]),
+              cell("Next attempt", [timeCell(d.next_attempt_at, "\u2014")]),
+            ])
+          );
+        });
+        show($("deliveries-empty"), deliveries.length === 0);
+        show($("deliveries"), true);
+      })
+      .catch(failed);
+  }
+
   // -- wiring -----------------------------------------------------------------------------
 
   function wire() {
@@ -1072,6 +1362,14 @@
       $(id).addEventListener("close", function () {
         state.target = null;
       });
+    });
+    $("alerts-refresh").addEventListener("click", loadAlerts);
+    $("webhook-form").addEventListener("submit", submitWebhook);
+    $("whsecret-close").addEventListener("click", function () {
+      $("whsecret-dialog").close();
+    });
+    $("whsecret-dialog").addEventListener("close", function () {
+      $("whsecret-value").value = "";
     });
   }
 

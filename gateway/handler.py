@@ -41,6 +41,7 @@ from .proxy.forward import (
     ClientGone,
     Exchange,
     PayloadTooLarge,
+    StreamCut,
     UpstreamBrokeOff,
     UpstreamFailure,
     forward,
@@ -304,6 +305,9 @@ class PublicHandler:
                 rt.access_log.mask(ctx.request_id),
             )  # the path is not logged: it may hold a key
             return broken.response
+        except StreamCut as cut:  # the gateway's own doing: the upstream is not at fault
+            ctx.code = cut.code
+            return cut.response
         if breaker is not None:
             breaker.success()
         return response

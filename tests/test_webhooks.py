@@ -4,16 +4,16 @@ each delivery with the `standardwebhooks` library."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import bearer, free_port, gateways, new_account, new_key
+from conftest import bearer, gateways, new_account, new_key
+from realparts import ServiceProcess
 
 from gateway.events.webhooks import WebhookStore, new_endpoint
 
@@ -24,29 +24,20 @@ PRIVATE_OK = {"webhooks": {"allow_private_targets": True, "retry_schedule": ["1s
 class Receiver:
     """tests/webhook_receiver.py as a real process on a loopback port."""
 
-    def __init__(self, port: int):
-        self.port = port
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "webhook_receiver.py"), str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    def __init__(self) -> None:
+        self.process = ServiceProcess(
+            "webhook-receiver",
+            lambda port: [sys.executable, str(HERE / "webhook_receiver.py"), str(port)],
+            ready_path="/_state",
         )
+
+    @property
+    def port(self) -> int:
+        return self.process.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
-
-    async def wait_ready(self, http: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(f"http://127.0.0.1:{self.port}/_state") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-        raise RuntimeError("the receiver did not start")
 
     async def configure(self, http: aiohttp.ClientSession, **settings: Any) -> None:
         async with http.post(f"http://127.0.0.1:{self.port}/_configure", json=settings) as resp:
@@ -56,19 +47,15 @@ class Receiver:
         async with http.get(f"http://127.0.0.1:{self.port}/_state") as resp:
             return (await resp.json())["received"]
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
 
 @pytest.fixture
-async def receiver(http) -> AsyncIterator[Receiver]:
-    process = Receiver(free_port())
+def receiver() -> Iterator[Receiver]:
+    made = Receiver()
+    made.process.start()
     try:
-        await process.wait_ready(http)
-        yield process
+        yield made
     finally:
-        process.stop()
+        made.process.close()
 
 
 async def until(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:

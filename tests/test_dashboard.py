@@ -1146,6 +1146,17 @@ async def test_webhook_endpoints_created_tested_disabled_and_deleted(dashboard, 
     assert listed["data"][0]["disabled"] is True
     await tab.shot("4-disabled")
 
+    await page.set_viewport_size({"width": 360, "height": 900})  # a phone
+    await expect(row).to_be_visible()
+    await assert_tables_fit(page)
+    overflow = await page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0
+    await tab.shot("5-phone")
+    await page.get_by_role("link", name="Alerts").click()
+    await page.get_by_role("link", name="Webhooks").click()
+
     await row.get_by_role("button", name=f"Delete {url}").click()
     await expect(page.locator("#webhooks-empty")).to_be_visible()
     assert (await api_get(http, gw, dashboard.admin, "/webhook-endpoints"))["data"] == []

@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import bearer, new_account, new_key, upstream_url
+from conftest import bearer, gateways, new_account, new_key, upstream_url
 from prometheus_client import generate_latest
 
 from gateway.keys.service import CLI
@@ -199,3 +199,17 @@ async def test_with_alerts_off_nothing_is_counted(start_gateway, base_config, up
     assert gw.runtime.alerts is None and gw.runtime.pipeline.alerts is None
     page = await gw.service.events.list(account, test_only=False, type_filter="alert.")
     assert page is not None and page[0] == []
+
+
+async def test_a_gateway_stops_promptly_while_its_detectors_work(config, http):
+    """The sweeps run back to back here: closing must not wait for the next one."""
+    async with gateways() as start:
+        gw = await start(config(check_interval="10ms", key_unused={"after": "1s"}))
+        account = await new_account(gw.service)
+        for i in range(20):
+            await new_key(gw.service, account, name=f"k{i}")
+        _, secret = await new_key(gw.service, account)
+        await send(http, gw, secret, 5, ip="203.0.113.5")
+        started = time.monotonic()
+        await gw.app.close()
+        assert time.monotonic() - started < 3

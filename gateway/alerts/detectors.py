@@ -127,6 +127,7 @@ class AlertDetector:
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stop = asyncio.Event()
         self.fired = 0
 
     def _k(self, *parts: str) -> str:
@@ -358,29 +359,36 @@ class AlertDetector:
         self._task = loop.create_task(self._run(), name="alerts-flush")
         self._sweeper = loop.create_task(self._sweep_forever(), name="alerts-sweep")
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, or return at once on :meth:`stop` (a cancellation a store client turned
+        into an error must not leave the loop running)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
     async def _run(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(self.config().flush_interval)
+            await self._pause(self.config().flush_interval)
             try:
                 await self.flush()
             except StoreUnavailable as exc:
                 log.warning("alerts not judged: %s", exc)
 
     async def _sweep_forever(self) -> None:
-        await asyncio.sleep(min(5.0, self.config().check_interval))
+        await self._pause(min(5.0, self.config().check_interval))
         while not self._stopping:
             try:
                 await self.sweep()
             except (*STORE_ERRORS, StoreUnavailable) as exc:
                 log.warning("key_unused / rotation_due sweep failed: %s", exc)
-            await asyncio.sleep(self.config().check_interval)
+            await self._pause(self.config().check_interval)
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in (self._task, self._sweeper):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        self._stop.set()
+        tasks = [t for t in (self._task, self._sweeper) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         with contextlib.suppress(*STORE_ERRORS, StoreUnavailable):
             await self.flush()

@@ -77,9 +77,8 @@ class WebhookDispatcher:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._task.cancel()  # and _stopping ends the loop if a store call ate the cancel
+            await asyncio.wait([self._task], timeout=5)
         for task in list(self._inflight):
             task.cancel()  # its lease runs out and another replica (or the next start) retries
         if self._inflight:

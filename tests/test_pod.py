@@ -34,10 +34,9 @@ from typing import Any
 
 import pytest
 import yaml
+from realparts import RedisServer
 from test_deploy_image import image_root, parse_dockerfile  # noqa: F401 - image_root is a fixture
 from test_deploy_kubernetes import K8S, config_of, container_env, find, prestop_seconds, render
-
-from gateway.store.embedded import redis_server_binary
 
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -191,19 +190,15 @@ class Pod:
 
 
 @pytest.fixture
-def host_redis(pod_network: PodNetwork) -> Iterator[str]:
+def host_redis(pod_network: PodNetwork, tmp_path: Path) -> Iterator[str]:
     """The Redis the pod's Secret names, on the node's end of the veth (outside the pod)."""
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--bind", pod_network.host_ip, "--port", "6379", "--save", "",
-         "--appendonly", "no", "--protected-mode", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = RedisServer.plain(
+        tmp_path / "redis", "--protected-mode", "no", host=pod_network.host_ip, port=6379
+    ).start()
     try:
-        wait_connect(pod_network.host_ip, 6379, proc)
-        yield f"redis://{pod_network.host_ip}:6379/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 def wait_connect(

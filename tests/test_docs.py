@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from gateway.config import load_config, parse_config
+from gateway.config import ConfigError, load_config, parse_config
 from gateway.config.schema import (
     CircuitBreakerConfig,
     ClusterConfig,
@@ -322,3 +322,35 @@ def test_the_link_check_finds_a_broken_file_and_anchor(tmp_path: Path) -> None:
         "docs/probe.md:6: missing.md: no such file",
         "docs/probe.md:6: other.md#no-such-heading: no heading with anchor #no-such-heading in other.md",
     ]
+
+
+YAML_BLOCK = re.compile(r"```yaml\n(.*?)\n```", re.S)
+# Examples name certificate files of the reader's machine; that they are absent here is
+# the one refusal an example may get.
+ABSENT_FILE = re.compile(r"^[\w.\[\]]+: (cert_file|key_file|ca_file) \S+ does not exist$")
+
+
+def config_examples() -> list[tuple[str, Any]]:
+    """Every YAML block in the README and docs/ that is a configuration file (or part of
+    one): its top-level keys are all sections of the configuration."""
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        for match in YAML_BLOCK.finditer(text):
+            data = yaml.safe_load(match.group(1))
+            if isinstance(data, dict) and data.keys() <= Config.model_fields.keys():
+                line = text[: match.start()].count("\n") + 1
+                found.append((f"{page.relative_to(ROOT)}:{line}", data))
+    return found
+
+
+def test_every_configuration_example_loads() -> None:
+    examples = config_examples()
+    assert len(examples) >= 8, f"expected the docs' configuration examples, found {len(examples)}"
+    problems = []
+    for where, data in examples:
+        try:
+            parse_config(data)
+        except ConfigError as exc:
+            problems += [f"{where}: {e}" for e in exc.errors if not ABSENT_FILE.match(e)]
+    assert problems == [], "configuration examples the gateway refuses:\n" + "\n".join(problems)

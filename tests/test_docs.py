@@ -354,3 +354,15 @@ def test_every_configuration_example_loads() -> None:
         except ConfigError as exc:
             problems += [f"{where}: {e}" for e in exc.errors if not ABSENT_FILE.match(e)]
     assert problems == [], "configuration examples the gateway refuses:\n" + "\n".join(problems)
+
+
+def test_the_readme_opens_with_the_run_and_test_commands() -> None:
+    """The README's first two commands are the demo and the whole suite, and they are the
+    scripts that do that: CI runs the second."""
+    readme = (ROOT / "README.md").read_text()
+    first_blocks = re.findall(r"```sh\n(.*?)\n```", readme, re.S)[:2]
+    assert first_blocks == ["scripts/demo.sh", "scripts/test.sh"]
+    assert readme.index("scripts/test.sh") < readme.index("\n## ")
+    assert "exec .venv/bin/gateway demo" in (ROOT / "scripts" / "demo.sh").read_text()
+    assert "-m pytest" in (ROOT / "scripts" / "test.sh").read_text()
+    assert "exec scripts/test.sh" in (ROOT / ".ci" / "run").read_text()

@@ -59,11 +59,9 @@ class PodNetwork:
         try:
             run("ip", "netns", "add", self.name)
         except FileNotFoundError:
-            pytest.skip("environment: no `ip` command (Debian package iproute2)")
+            pytest.fail("no `ip` command: scripts/system-deps.sh installs iproute2")
         except subprocess.CalledProcessError as exc:
-            pytest.skip(
-                f"environment: cannot create a network namespace here: {exc.stderr.strip()}"
-            )
+            pytest.fail(f"cannot create a network namespace here: {exc.stderr.strip()}")
         try:
             run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.pod_if)
             run("ip", "link", "set", self.pod_if, "netns", self.name)
@@ -96,7 +94,7 @@ class PodNetwork:
 @pytest.fixture
 def pod_network() -> Iterator[PodNetwork]:
     if os.geteuid() != 0:
-        pytest.skip("environment: network namespaces need root (CAP_NET_ADMIN)")
+        pytest.fail("the pod test needs root (CAP_NET_ADMIN) for its network namespace")
     network = PodNetwork().create()
     try:
         yield network

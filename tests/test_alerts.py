@@ -143,10 +143,13 @@ async def test_a_burst_of_refusals_is_an_alert_naming_codes_and_addresses(start_
 
 
 async def test_unused_and_old_keys_are_alerts_once(start_gateway, config, http):
-    gw = await start_gateway(config(key_unused={"after": "1s"}))
+    # created_at holds whole seconds: "after" leaves a second for that
+    gw = await start_gateway(config(key_unused={"after": "2s"}))
     account = await new_account(gw.service)
-    idle_id, _ = await new_key(gw.service, account)
     busy_id, busy = await new_key(gw.service, account)
+    await send(http, gw, busy, 1)
+    await gw.runtime.usage.flush()  # in use from the start
+    idle_id, _ = await new_key(gw.service, account)
     test_id, _ = await new_key(gw.service, account, mode="test")
     old_id, _ = await new_key(gw.service, account, name="old")
     record = await gw.service.store.get_key(old_id)

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import bearer, gateways, new_account, new_key
+from conftest import bearer, gateways, new_account, new_key, run_cli, write_config
 from realparts import ServiceProcess
 
 from gateway.events.webhooks import WebhookStore, new_endpoint
@@ -400,3 +400,21 @@ async def test_two_replicas_deliver_each_event_exactly_once(base_config, redis_c
         assert all(g["verified"] and g["answered"] == 204 for g in got)
         attempts = one.runtime.webhooks.attempts + two.runtime.webhooks.attempts
         assert attempts == len(emitted)
+
+
+async def test_a_change_made_with_the_cli_is_delivered_by_the_running_gateway(
+    gateway, http, owner, receiver, tmp_path, base_config
+):
+    account, admin = owner
+    _, body = await create_endpoint(http, gateway, admin, url=receiver.url)
+    await receiver.configure(http, secret=body["data"]["secret"])
+    cfg = write_config(tmp_path / "gateway.yaml", base_config(**PRIVATE_OK))
+    made = await asyncio.to_thread(
+        run_cli, cfg, "keys", "create", "--account", account, "--name", "from-cli", "--json"
+    )
+    assert made.returncode == 0, made.stderr
+    started = time.monotonic()
+    got = await until(lambda: receiver.received(http), timeout=5)
+    assert time.monotonic() - started < 5
+    assert got[0]["verified"] and got[0]["type"] == "api_key.created"
+    assert got[0]["event"]["data"]["name"] == "from-cli"

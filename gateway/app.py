@@ -28,6 +28,7 @@ from .keys.service import KeyService
 from .keys.store import KeyStore
 from .management import local_routes
 from .ops.admin import admin_routes
+from .store.health import StoreMonitor
 from .ops.reload import ConfigReloader
 from .pipeline import Pipeline
 from .proxy.streams import OpenStreams
@@ -130,6 +131,12 @@ class GatewayApp:
         )
         holder.append(runtime)
         metrics.watch_cache(lambda: (cache.hits, cache.misses, cache.stale_served, len(cache)))
+        monitor = StoreMonitor(store.ping)
+        await monitor.check()  # /readyz and gateway_store_up are right from the first request
+        monitor.start()
+        stack.push_async_callback(monitor.stop)
+        runtime.store_monitor = monitor
+        metrics.watch_store(lambda: monitor.up)
         runtime.snapshot = Snapshot.build(config, local_routes(runtime))
         stack.callback(runtime.pool.close)
         runtime.websocket_client = aiohttp.ClientSession(

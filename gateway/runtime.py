@@ -16,6 +16,7 @@ from .keys.invalidation import InvalidationListener
 from .keys.model import CompiledKey
 from .keys.service import KeyService
 from .keys.store import KeyStore
+from .store.health import StoreMonitor
 from .pipeline import Pipeline
 from .proxy.breaker import Breakers
 from .proxy.streams import OpenStreams
@@ -84,6 +85,7 @@ class Runtime:
     breakers: Breakers = field(default_factory=Breakers)
     request_ids: RequestIds = field(default_factory=RequestIds)
     invalidation: InvalidationListener | None = None
+    store_monitor: StoreMonitor | None = None  # the store's state, for /readyz and /metrics
     config_path: str | None = None
     reload: Callable[[], None] | None = None  # SIGHUP asks for a reload through this
     worker: int | None = None

@@ -28,7 +28,6 @@ from .keys.service import KeyService
 from .keys.store import KeyStore
 from .management import local_routes
 from .ops.admin import admin_routes
-from .store.health import StoreMonitor
 from .ops.reload import ConfigReloader
 from .pipeline import Pipeline
 from .proxy.streams import OpenStreams
@@ -37,6 +36,7 @@ from .ratelimit.policy import plan_rate
 from .request_id import RequestIds
 from .runtime import Runtime, Snapshot
 from .store.connection import StoreHandle, open_store
+from .store.health import StoreMonitor
 from .telemetry.accesslog import AccessLog
 from .telemetry.metrics import Metrics
 from .usage import UsageRecorder

@@ -16,7 +16,6 @@ from .keys.invalidation import InvalidationListener
 from .keys.model import CompiledKey
 from .keys.service import KeyService
 from .keys.store import KeyStore
-from .store.health import StoreMonitor
 from .pipeline import Pipeline
 from .proxy.breaker import Breakers
 from .proxy.streams import OpenStreams
@@ -24,6 +23,7 @@ from .proxy.upstream import UpstreamPool
 from .ratelimit import RateLimiter
 from .request_id import RequestIds
 from .routing import Router, cors_policy
+from .store.health import StoreMonitor
 from .telemetry.accesslog import AccessLog
 from .telemetry.metrics import Metrics
 from .usage import UsageRecorder

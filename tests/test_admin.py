@@ -134,8 +134,7 @@ class TestMetrics:
             == 1
         )
         assert (
-            delta("gateway_requests_total", route="-", outcome="route_not_found", status="4xx")
-            == 1
+            delta("gateway_requests_total", route="-", outcome="route_not_found", status="4xx") == 1
         )
         for code in ("missing_api_key", "invalid_api_key", "invalid_authorization_header",
                      "insufficient_permissions"):  # fmt: skip
@@ -191,8 +190,13 @@ class TestMetrics:
         finally:
             await server.close()
         assert (
-            value(samples, "gateway_requests_total", route="gone", outcome="upstream_unavailable",
-                  status="5xx")
+            value(
+                samples,
+                "gateway_requests_total",
+                route="gone",
+                outcome="upstream_unavailable",
+                status="5xx",
+            )
             == 1
         )
         assert value(samples, "gateway_upstream_errors_total", route="gone", kind="refused") == 1

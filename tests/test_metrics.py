@@ -54,12 +54,24 @@ async def gw(start_gateway, base_config, upstream, streams):
     return await start_gateway(
         base_config(
             routes=[
-                {"name": "api", "match": "/api", "upstream": upstream_url(upstream),
-                 "permissions": {"GET": "read", "*": "write"}},
-                {"name": "sse", "match": "/sse", "upstream": upstream_url(stream_server),
-                 "strip_prefix": True},
-                {"name": "gone", "match": "/gone", "auth": "none",
-                 "upstream": "http://127.0.0.1:9"},
+                {
+                    "name": "api",
+                    "match": "/api",
+                    "upstream": upstream_url(upstream),
+                    "permissions": {"GET": "read", "*": "write"},
+                },
+                {
+                    "name": "sse",
+                    "match": "/sse",
+                    "upstream": upstream_url(stream_server),
+                    "strip_prefix": True,
+                },
+                {
+                    "name": "gone",
+                    "match": "/gone",
+                    "auth": "none",
+                    "upstream": "http://127.0.0.1:9",
+                },
             ]
         )  # fmt: skip
     )
@@ -211,8 +223,6 @@ async def test_readme_lists_every_series_with_its_labels(gw, admin, http):
         for sample in family.samples:
             labels.update(k for k in sample.labels if k != "le")
     documented = readme_series()
-    assert set(documented) == set(exposed), (
-        set(documented) ^ set(exposed)
-    )
+    assert set(documented) == set(exposed), set(documented) ^ set(exposed)
     for name, labels in documented.items():
         assert tuple(sorted(exposed[name])) == labels, name

@@ -222,7 +222,11 @@ class Metrics:
         seconds: float,
         upstream_seconds: float | None = None,
     ) -> None:
-        key = (route, code or "ok", _STATUS_CLASS[status // 100] if 1 <= status // 100 <= 5 else "other")
+        key = (
+            route,
+            code or "ok",
+            _STATUS_CLASS[status // 100] if 1 <= status // 100 <= 5 else "other",
+        )
         counts = self.request_counts
         counts[key] = counts.get(key, 0) + 1
         _add(self.latency, route, seconds)

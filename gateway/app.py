@@ -131,7 +131,10 @@ class GatewayApp:
         )
         holder.append(runtime)
         metrics.watch_cache(lambda: (cache.hits, cache.misses, cache.stale_served, len(cache)))
-        monitor = StoreMonitor(store.ping)
+        health = handle.health
+        monitor = StoreMonitor(
+            store.ping, known_up=(lambda: health.up) if health is not None else None
+        )
         await monitor.check()  # /readyz and gateway_store_up are right from the first request
         monitor.start()
         stack.push_async_callback(monitor.stop)

@@ -86,6 +86,12 @@ class RedisProcess:
                 self.proc.kill()
                 self.proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, as in a crash or an OOM kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def pause(self) -> None:
         """SIGSTOP: connections are accepted by the kernel, nothing answers (a hung store)."""
         assert self.proc is not None

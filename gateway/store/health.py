@@ -1,7 +1,9 @@
 """The key store's state, watched all the time (SPEC §8, §17).
 
 A task pings the store every second (through the request client, so a store
-already known to be down costs nothing while it fails fast). ``/readyz`` and
+already known to be down costs nothing while it fails fast), and a request
+whose store call failed marks it down at once (``known_up``: the client's
+:class:`~gateway.store.connection.StoreHealth`). ``/readyz`` and
 ``gateway_store_up`` read the result; neither waits for a probe of its own.
 
 Readiness during an outage: every replica shares the store, so pulling them
@@ -34,12 +36,14 @@ class StoreMonitor:
         interval: float = INTERVAL,
         timeout: float = PING_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        known_up: Callable[[], bool] | None = None,
     ):
         self._ping = ping
+        self._known_up = known_up
         self.interval = interval
         self.timeout = timeout
         self._clock = clock
-        self.up = False
+        self._answered = False  # the last ping's outcome
         self.last_up: float | None = None  # when the store last answered
         self.down_since: float | None = None  # the first failed ping of this outage
         self._task: asyncio.Task[None] | None = None
@@ -50,18 +54,23 @@ class StoreMonitor:
             async with asyncio.timeout(self.timeout):
                 await self._ping()
         except Exception as exc:  # the store's errors, a timeout: it does not answer
-            if self.up or self.down_since is None:
+            if self._answered or self.down_since is None:
                 self.down_since = self._clock()
                 if self.last_up is not None:
                     log.warning("the key store does not answer: %s", exc or "timeout")
-            self.up = False
+            self._answered = False
             return False
-        if not self.up and self.last_up is not None:
+        if not self._answered and self.last_up is not None:
             log.info("the key store answers again")
-        self.up = True
+        self._answered = True
         self.last_up = self._clock()
         self.down_since = None
         return True
+
+    @property
+    def up(self) -> bool:
+        """The store answered the last ping and no request's call has failed since."""
+        return self._answered and (self._known_up is None or self._known_up())
 
     def outage_seconds(self) -> float | None:
         """Seconds since the store last answered, while it does not; None while it does."""

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import __version__
 from .config import Config, ConfigError, load_config, resolve_path
 from .keys.model import KeyRecord
 from .keys.service import CLI, InvalidRequest, KeyService, OperationError, expires_in, rotation_due
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog="gateway", description="API-key authentication gateway", parents=[common]
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"keygate {__version__}", help="print the version"
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 

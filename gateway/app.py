@@ -160,6 +160,7 @@ class GatewayApp:
         if self._config_path:
             reloader = ConfigReloader(runtime, self._config_path, local_routes)
             runtime.reload = reloader.request  # SIGHUP
+            runtime.reload_now = reloader.reload_with_result  # POST /reload
             reloader.start()  # and when the file changes
             stack.push_async_callback(reloader.stop)
         usage.start()

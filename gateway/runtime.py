@@ -88,6 +88,9 @@ class Runtime:
     store_monitor: StoreMonitor | None = None  # the store's state, for /readyz and /metrics
     config_path: str | None = None
     reload: Callable[[], None] | None = None  # SIGHUP asks for a reload through this
+    # POST /reload on the admin port: reload now, answering what happened
+    reload_now: Callable[[str], Awaitable[Any]] | None = None
+    restart_required: tuple[str, ...] = ()  # changed settings the running process kept
     worker: int | None = None
     draining: bool = False  # /readyz answers 503 from the moment this is set
 

@@ -27,6 +27,8 @@ def readiness(runtime: Runtime) -> tuple[int, dict]:
             body["store_down_seconds"] = round(outage, 1)
             body["stale_if_error_seconds"] = stale_if_error
         serving = monitor.serving(stale_if_error)
+    if runtime.restart_required:
+        body["restart_required"] = list(runtime.restart_required)
     listener = runtime.invalidation
     if listener is not None:  # cache invalidation from other replicas
         body["invalidation"] = "subscribed" if listener.connected.is_set() else "reconnecting"
@@ -45,9 +47,24 @@ def admin_routes(get_runtime: Callable[[], Runtime]) -> list[web.RouteDef]:
         status, body = readiness(get_runtime())
         return web.json_response(body, status=status)
 
+    async def reload(request: web.Request) -> web.Response:
+        """Reload the config file now; what was refused, or which changes need a restart."""
+        runtime = get_runtime()
+        if runtime.reload_now is None:
+            return web.json_response(
+                {"status": "refused", "errors": ["no config file to reload"]}, status=409
+            )
+        result = await runtime.reload_now("admin request")
+        return web.json_response(result.answer(), status=200 if result.reloaded else 422)
+
     async def metrics(request: web.Request) -> web.Response:
         runtime = get_runtime()
         body = generate_latest(runtime.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
+    return [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics),
+        web.post("/reload", reload),
+    ]

@@ -68,6 +68,12 @@ class Forbidden(OperationError):
     code = "insufficient_permissions"
 
 
+class LastAdminKey(OperationError):
+    """The change would leave the account with no active admin key to manage it (409)."""
+
+    code = "last_admin_key"
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who performs an operation: a key (through the API) or the operator's CLI."""
@@ -357,6 +363,7 @@ class KeyService:
         if record.revoked_at:
             raise InvalidRequest("a revoked key cannot be changed", "id")
         updated = record.evolve(**fields)
+        await self._keep_an_admin(actor, record, updated, "remove the admin permission of")
         await self.store.save_key(updated)
         await self._record(actor, "key.update", record.account_id, record.id, fields=sorted(fields))
         return updated
@@ -366,9 +373,40 @@ class KeyService:
         if record.revoked_at:
             return record
         revoked = record.evolve(revoked_at=isoformat(utcnow()))
+        await self._keep_an_admin(actor, record, revoked, "revoke")
         await self.store.save_key(revoked)
         await self._record(actor, "key.revoke", record.account_id, record.id)
         return revoked
+
+    async def _keep_an_admin(
+        self, actor: Actor, before: KeyRecord, after: KeyRecord, doing: str
+    ) -> None:
+        """Refuse (through the API) a change that leaves the account no active admin key.
+
+        A key is an active admin key while it is neither revoked nor expired and holds
+        ``admin``. Live admin keys manage both modes, test ones only test keys: a live key
+        needs another active live admin key to remain, a test key any other active admin
+        key. The operator's CLI is not held to it: it is how an account locked out is let
+        back in.
+        """
+        if actor.id == CLI.id or not _active_admin(before) or _active_admin(after):
+            return
+        ids, _ = await self.store.list_key_ids(
+            before.account_id, mode=None, limit=10**9, starting_after=None
+        )
+        others = [
+            other
+            for other in await self.store.get_keys([i for i in ids if i != before.id])
+            if _active_admin(other) and (before.mode == "test" or other.mode == "live")
+        ]
+        if not others:
+            itself = " (the key making this request)" if actor.id == before.id else ""
+            raise LastAdminKey(
+                f"cannot {doing} key {before.id}{itself}: it is the account's last active "
+                f"{'' if before.mode == 'test' else 'live '}admin key, and without one no "
+                "key could manage this account's keys; create another admin key first",
+                "id",
+            )
 
     async def rotate_key(
         self, actor: Actor, key_id: str, grace_period: Any = "24h"
@@ -426,6 +464,10 @@ class KeyService:
     async def usage_days(self, record: KeyRecord, days: int = 30) -> list[dict[str, Any]]:
         """The key's daily request counts by outcome, newest UTC day first."""
         return await UsageReader(self.store.client, self.store.prefix).days(record, days)
+
+
+def _active_admin(record: KeyRecord) -> bool:
+    return "admin" in record.permissions and record.status() == "active"
 
 
 def rotation_due(record: KeyRecord, rotation_days: int, now: datetime | None = None) -> bool:

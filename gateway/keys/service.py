@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -273,6 +273,47 @@ class KeyService:
         await self.store.add_account(account)
         await self._record(CLI, "account.create", account.id, None, plan=plan)
         return account
+
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        plan: str | None = None,
+    ) -> Account:
+        """Change an account's name, email or plan; every replica applies a new plan to the
+        account's keys within two seconds (their cached copies are dropped)."""
+        account = await self.account(account_id)
+        changes: dict[str, Any] = {}
+        if name is not None:
+            if not name.strip() or len(name) > 200:
+                raise InvalidRequest(
+                    "name must be a non-empty string of at most 200 characters", "name"
+                )
+            changes["name"] = name.strip()
+        if email is not None:
+            if "@" not in email or len(email) > 320:
+                raise InvalidRequest(f"{email!r} is not an email address", "email")
+            changes["email"] = email
+        if plan is not None:
+            if plan not in self.config.plans:
+                known = ", ".join(sorted(self.config.plans))
+                raise InvalidRequest(
+                    f"plan {plan!r} is not defined in the config (known: {known})", "plan"
+                )
+            changes["plan"] = plan
+        if not changes:
+            raise InvalidRequest("nothing to change: give a name, email or plan")
+        updated = replace(account, **changes)
+        await self.store.add_account(updated)
+        if updated.plan != account.plan:
+            ids, _ = await self.store.list_key_ids(
+                account_id, mode=None, limit=10**9, starting_after=None
+            )
+            await self.store.publish_invalidation(r.hash for r in await self.store.get_keys(ids))
+        await self._record(CLI, "account.update", account_id, None, fields=sorted(changes))
+        return updated
 
     async def account(self, account_id: str) -> Account:
         account = await self.store.get_account(account_id)

@@ -648,3 +648,31 @@ async def test_usage_and_last_used_follow_real_requests(admin, http):
     assert (today["allowed"], today["denied"], today["rate_limited"]) == (3, 1, 0)
     async with http.get(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:
         assert (await resp.json())["data"]["last_used_at"] is not None
+
+
+async def test_two_admin_keys_revoking_each_other_at_once_leave_one(admin, http):
+    """The check and the revocation are one step per account: never both succeed."""
+    import asyncio
+
+    gw, account, first_id, first = admin
+    made = await _create(http, gw, first, name="second admin", permissions=["admin"])
+    second = bearer(made["key"])
+
+    async def revoke(key_id: str, headers: dict) -> int:
+        async with http.delete(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+    for _ in range(3):
+        statuses = await asyncio.gather(revoke(made["id"], first), revoke(first_id, second))
+        assert sorted(statuses) == [200, 409], statuses
+        # Exactly one active admin key is left, and it works.
+        keys = [await gw.service.store.get_key(i) for i in (first_id, made["id"])]
+        alive = [k for k in keys if k.revoked_at is None]
+        assert len(alive) == 1
+        survivor = first if alive[0].id == first_id else second
+        async with http.get(gw.url + "/v1/api-keys", headers=survivor) as resp:
+            assert resp.status == 200
+        # Another pair for the next round.
+        made = await _create(http, gw, survivor, name="next admin", permissions=["admin"])
+        first_id, first, second = alive[0].id, survivor, bearer(made["key"])

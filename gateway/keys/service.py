@@ -24,7 +24,7 @@ from ..timefmt import isoformat, parse_time, utcnow
 from ..usage.reader import UsageReader
 from .format import generate_secret, hash_secret, new_id
 from .model import Account, KeyRecord
-from .store import KeyStore
+from .store import AccountBusy, KeyStore
 
 log = logging.getLogger("gateway.keys")
 
@@ -404,8 +404,7 @@ class KeyService:
         if record.revoked_at:
             raise InvalidRequest("a revoked key cannot be changed", "id")
         updated = record.evolve(**fields)
-        await self._keep_an_admin(actor, record, updated, "remove the admin permission of")
-        await self.store.save_key(updated)
+        await self._save_keeping_an_admin(actor, record, updated, "remove the admin permission of")
         await self._record(actor, "key.update", record.account_id, record.id, fields=sorted(fields))
         return updated
 
@@ -414,10 +413,27 @@ class KeyService:
         if record.revoked_at:
             return record
         revoked = record.evolve(revoked_at=isoformat(utcnow()))
-        await self._keep_an_admin(actor, record, revoked, "revoke")
-        await self.store.save_key(revoked)
+        await self._save_keeping_an_admin(actor, record, revoked, "revoke")
         await self._record(actor, "key.revoke", record.account_id, record.id)
         return revoked
+
+    async def _save_keeping_an_admin(
+        self, actor: Actor, before: KeyRecord, after: KeyRecord, doing: str
+    ) -> None:
+        """Save ``after``, unless (through the API) it leaves the account no active admin key.
+
+        A change that takes an admin key away runs under the account's lock, so that two
+        admin keys revoking each other at once cannot both succeed.
+        """
+        if actor.id == CLI.id or not _active_admin(before) or _active_admin(after):
+            await self.store.save_key(after)
+            return
+        try:
+            async with self.store.account_lock(before.account_id):
+                await self._keep_an_admin(actor, before, after, doing)
+                await self.store.save_key(after)
+        except AccountBusy as exc:
+            raise LastAdminKey(f"{exc}; try again", "id") from None
 
     async def _keep_an_admin(
         self, actor: Actor, before: KeyRecord, after: KeyRecord, doing: str

@@ -18,7 +18,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import bearer, new_account, new_key, service_for, upstream_url
+import yaml
+from conftest import bearer, new_account, new_key, service_for, upstream_url, write_config
 
 from gateway.config import parse_config
 from gateway.keys.service import CLI
@@ -159,6 +160,19 @@ async def test_a_revocation_reaches_every_worker_and_sighup_reaches_every_worker
                 break
             assert time.monotonic() < deadline, metrics
             await asyncio.sleep(0.1)
+
+        # POST /reload on the supervisor: every worker reloads and says what needs a restart.
+        data = yaml.safe_load(gw.config_path.read_text())
+        data["redis"]["socket_timeout"] = "3s"
+        write_config(gw.config_path, data)
+        async with http.post(gw.admin_url + "/reload") as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+        assert answer["status"] == "reloaded"
+        assert answer["restart_required"] == ["redis.socket_timeout"]
+        assert sorted(w["index"] for w in answer["workers"]) == [0, 1]
+        assert all(w["status"] == "reloaded" for w in answer["workers"])
+        assert all(w["restart_required"] == ["redis.socket_timeout"] for w in answer["workers"])
 
         # A stream in flight keeps its worker draining while the supervisor says so.
         _, other = await new_key(service, await new_account(service))

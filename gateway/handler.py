@@ -41,6 +41,7 @@ from .proxy.forward import (
     ClientGone,
     Exchange,
     PayloadTooLarge,
+    StreamCut,
     UpstreamBrokeOff,
     UpstreamFailure,
     forward,
@@ -323,6 +324,10 @@ class PublicHandler:
                 rt.access_log.mask(ctx.request_id),
             )  # the path is not logged: it may hold a key
             return broken.response
+        except StreamCut as cut:  # the gateway's own doing: the upstream is not at fault
+            ctx.upstream_seconds, ctx.headers_at = exchange.upstream_seconds, exchange.headers_at
+            ctx.code = cut.code
+            return cut.response
         ctx.upstream_seconds, ctx.headers_at = exchange.upstream_seconds, exchange.headers_at
         if breaker is not None:
             breaker.success()

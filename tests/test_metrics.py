@@ -1,5 +1,5 @@
 """/metrics as SPEC §17 lists it, seen from a scraper: what each series measures, and that the
-README's table of series and labels is what the admin port really exposes."""
+documented table of series and labels (docs/operations.md) is what the admin port really exposes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import gateway
 from gateway.app import create_admin_app
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
 
 class Streams:
@@ -186,8 +186,8 @@ async def test_build_info_store_state_and_process_metrics(gw, admin, http):
 
 
 def readme_series() -> dict[str, tuple[str, ...]]:
-    """The README's table of metrics: name -> labels, for one gateway process."""
-    section = README.read_text().split("### Metrics", 1)[1].split("\n#", 1)[0]
+    """docs/operations.md's table of metrics: name -> labels, for one gateway process."""
+    section = OPERATIONS.read_text().split("### Metrics", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
         match = re.match(r"^\| `([a-z_]+)` \| (\w+) \|([^|]*)\|", line)
@@ -200,7 +200,7 @@ def readme_series() -> dict[str, tuple[str, ...]]:
     return rows
 
 
-async def test_readme_lists_every_series_with_its_labels(gw, admin, http):
+async def test_the_docs_list_every_series_with_its_labels(gw, admin, http):
     # Traffic that gives every labelled series at least one sample.
     account = await new_account(gw.service)
     _, reader = await new_key(gw.service, account, permissions=["read"])

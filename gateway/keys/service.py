@@ -459,7 +459,7 @@ class KeyService:
         if not others:
             itself = " (the key making this request)" if actor.id == before.id else ""
             raise LastAdminKey(
-                f"cannot {doing} key {before.id}{itself}: it is the account's last active "
+                f"Cannot {doing} key {before.id}{itself}: it is the account's last active "
                 f"{'' if before.mode == 'test' else 'live '}admin key, and without one no "
                 "key could manage this account's keys; create another admin key first",
                 "id",

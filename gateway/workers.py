@@ -226,10 +226,14 @@ class Supervisor:
             if self.stopping:
                 return web.json_response({"status": "draining"}, status=503)
             answers = await asyncio.gather(*(self._ask(w, "/readyz") for w in self.workers))
-            states = [
-                {"index": w.index, "pid": w.pid, "ready": bool(a and a[0] == 200)}
-                for w, a in zip(self.workers, answers, strict=True)
-            ]
+            states = []
+            for w, a in zip(self.workers, answers, strict=True):
+                state: dict = {"index": w.index, "pid": w.pid, "ready": bool(a and a[0] == 200)}
+                if a is not None:  # the worker's own parts: store, draining, restart_required
+                    with contextlib.suppress(ValueError, AttributeError):
+                        body = json.loads(a[1])
+                        state.update({k: v for k, v in body.items() if k != "status"})
+                states.append(state)
             ready = any(s["ready"] for s in states)
             return web.json_response(
                 {"status": "ready" if ready else "unavailable", "workers": states},

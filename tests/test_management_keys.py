@@ -663,9 +663,11 @@ async def test_two_admin_keys_revoking_each_other_at_once_leave_one(admin, http)
             await resp.read()
             return resp.status
 
-    for _ in range(3):
+    for _ in range(5):
         statuses = await asyncio.gather(revoke(made["id"], first), revoke(first_id, second))
-        assert sorted(statuses) == [200, 409], statuses
+        # One wins. The other is refused: 409 when both got past authentication first, or
+        # 401 revoked_api_key when the first revocation reached it before its own check.
+        assert sorted(statuses) in ([200, 401], [200, 409]), statuses
         # Exactly one active admin key is left, and it works.
         keys = [await gw.service.store.get_key(i) for i in (first_id, made["id"])]
         alive = [k for k in keys if k.revoked_at is None]

@@ -39,6 +39,7 @@ from .ratelimit.policy import plan_rate
 from .request_id import RequestIds
 from .runtime import Runtime, Snapshot
 from .store.connection import StoreHandle, open_store
+from .store.health import StoreMonitor
 from .telemetry.accesslog import AccessLog
 from .telemetry.metrics import Metrics
 from .usage import UsageRecorder
@@ -145,6 +146,15 @@ class GatewayApp:
         )
         holder.append(runtime)
         metrics.watch_cache(lambda: (cache.hits, cache.misses, cache.stale_served, len(cache)))
+        health = handle.health
+        monitor = StoreMonitor(
+            store.ping, known_up=(lambda: health.up) if health is not None else None
+        )
+        await monitor.check()  # /readyz and gateway_store_up are right from the first request
+        monitor.start()
+        stack.push_async_callback(monitor.stop)
+        runtime.store_monitor = monitor
+        metrics.watch_store(lambda: monitor.up)
         runtime.snapshot = Snapshot.build(config, local_routes(runtime))
         stack.callback(runtime.pool.close)
         runtime.websocket_client = aiohttp.ClientSession(
@@ -165,6 +175,7 @@ class GatewayApp:
         if self._config_path:
             reloader = ConfigReloader(runtime, self._config_path, local_routes)
             runtime.reload = reloader.request  # SIGHUP
+            runtime.reload_now = reloader.reload_with_result  # POST /reload
             reloader.start()  # and when the file changes
             stack.push_async_callback(reloader.stop)
         usage.start()

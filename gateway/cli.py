@@ -16,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import __version__
 from .config import Config, ConfigError, load_config, resolve_path
 from .keys.format import key_pattern
 from .keys.model import KeyRecord
@@ -196,6 +197,87 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             print(f"  {secret}")
             print()
             print("This is the only time the key is shown: store it somewhere safe now.")
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+CLEARABLE = {
+    "expires_at": None,
+    "rate_limit": None,
+    "metadata": {},
+    "allowed_ips": [],
+    "allowed_referrers": [],
+    "allowed_endpoints": [],
+}
+
+
+def cmd_keys_update(args: argparse.Namespace) -> int:
+    """The API's PATCH: each option given replaces that field; --clear empties one."""
+    config = _load(args)
+    data: dict[str, Any] = {}
+    for field in args.clear or ():
+        data[field] = CLEARABLE[field]
+    if args.name is not None:
+        data["name"] = args.name
+    if args.permissions is not None:
+        data["permissions"] = [p.strip() for p in args.permissions.split(",") if p.strip()]
+    if args.expires_in and args.expires_at:
+        raise Refused("give --expires-in or --expires-at, not both")
+    for given, field in (
+        (args.expires_in or args.expires_at, "expires_at"),
+        (args.allow_ip, "allowed_ips"),
+        (args.allow_referrer, "allowed_referrers"),
+        (args.allow_endpoint, "allowed_endpoints"),
+        (args.rate_limit, "rate_limit"),
+        (args.metadata, "metadata"),
+    ):
+        if given and field in data:
+            raise Refused(f"--clear {field} and a new value for it at once: give one")
+    if args.expires_in:
+        data["expires_at"] = expires_in(args.expires_in)
+    elif args.expires_at:
+        data["expires_at"] = args.expires_at
+    if args.allow_ip:
+        data["allowed_ips"] = args.allow_ip
+    if args.allow_referrer:
+        data["allowed_referrers"] = args.allow_referrer
+    if args.allow_endpoint:
+        data["allowed_endpoints"] = args.allow_endpoint
+    if args.rate_limit:
+        data["rate_limit"] = args.rate_limit
+    if args.metadata:
+        try:
+            data["metadata"] = json.loads(args.metadata)
+        except json.JSONDecodeError as exc:
+            raise Refused(f"--metadata is not JSON: {exc}") from None
+    if not data:
+        raise Refused("nothing to change: give at least one option (see --help)")
+
+    async def work(service: KeyService) -> int:
+        record = await service.update_key(CLI, args.id, data)
+        used = (await service.store.last_used([record.id])).get(record.id)
+        if args.json:
+            _print_json(record.public(used))
+        else:
+            print(f"updated {record.id}: {', '.join(sorted(data))}")
+            print("\n".join(_key_lines(record, used, config.keys.rotation_days)))
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
+def cmd_accounts_update(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(service: KeyService) -> int:
+        account = await service.update_account(
+            args.id, name=args.name, email=args.email, plan=args.plan
+        )
+        if args.json:
+            _print_json(_account_dict(account))
+        else:
+            print(f"updated account {account.id} ({account.name}, plan {account.plan})")
         return 0
 
     return asyncio.run(_with_service(config, work))
@@ -390,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway", description="API-key authentication gateway", parents=[common]
     )
+    parser.add_argument(
+        "--version", action="version", version=f"keygate {__version__}", help="print the version"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("serve", parents=[common], help="run the gateway")
@@ -418,6 +503,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default="default")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accounts_create)
+    p = accounts.add_parser(
+        "update", parents=[common], help="change an account's plan, name or email"
+    )
+    p.add_argument("id")
+    p.add_argument("--plan", help="a plan the config defines; applies to every key at once")
+    p.add_argument("--name")
+    p.add_argument("--email")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_update)
     p = accounts.add_parser("list", parents=[common], help="list accounts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accounts_list)
@@ -441,6 +535,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", help="a flat JSON object")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_create)
+    p = keys.add_parser(
+        "update", parents=[common], help="change a key (as PATCH /v1/api-keys/{id} does)"
+    )
+    p.add_argument("id")
+    p.add_argument("--name")
+    p.add_argument("--permissions", help="comma-separated, replaces the list ('' for none)")
+    p.add_argument("--expires-in", help="e.g. 90d, from now")
+    p.add_argument("--expires-at", help="ISO 8601, e.g. 2027-01-01T00:00:00Z")
+    p.add_argument("--allow-ip", action="append", metavar="CIDR", help="replaces the list")
+    p.add_argument("--allow-referrer", action="append", metavar="PATTERN")
+    p.add_argument("--allow-endpoint", action="append", metavar="PATTERN")
+    p.add_argument("--rate-limit", help="e.g. 100/minute")
+    p.add_argument("--metadata", help="a flat JSON object, replaces the metadata")
+    p.add_argument(
+        "--clear", action="append", choices=sorted(CLEARABLE), metavar="FIELD",
+        help=f"remove a field's value: {', '.join(sorted(CLEARABLE))}",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_update)
     p = keys.add_parser("list", parents=[common], help="list keys")
     p.add_argument("--account")
     p.add_argument("--mode", choices=["live", "test"])

@@ -73,6 +73,11 @@ FAULTS: dict[str, Fault] = {
         "This API key lacks permission to perform this action",
         "insufficient_scope",
     ),
+    "last_admin_key": Fault(
+        409,
+        "invalid_request_error",
+        "This change would leave the account without an active admin key",
+    ),
     "cors_not_allowed": Fault(
         403, "permission_error", "This origin, method or header is not allowed (CORS)"
     ),

@@ -87,6 +87,14 @@ class PublicHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
+        rt = self.runtime
+        rt.metrics.in_flight += 1
+        try:
+            return await self.answer(request, started)
+        finally:
+            rt.metrics.in_flight -= 1
+
+    async def answer(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
         connection = request.protocol
         if type(connection) is GatewayConnection:
             connection.request_began()
@@ -142,9 +150,17 @@ class PublicHandler:
         self, request: web.BaseRequest, ctx: RequestContext, status: int, route: str, started: float
     ) -> None:
         rt = self.runtime
-        duration = time.perf_counter() - started
+        now = time.perf_counter()
+        duration = now - started  # the whole exchange, for the access log
+        headers_at = ctx.headers_at
         code = ctx.code
-        rt.metrics.observe(route, code or "ok", duration, code)
+        rt.metrics.observe(
+            route,
+            code,
+            status,
+            (headers_at if headers_at is not None else now) - started,  # to the response head
+            ctx.upstream_seconds,
+        )
         if rt.snapshot.config.server.access_log:
             principal = ctx.principal
             rt.access_log.write(
@@ -282,6 +298,7 @@ class PublicHandler:
         try:
             response = await forward(request, connection, rt.pool, exchange)
         except PayloadTooLarge:
+            ctx.upstream_seconds = exchange.upstream_seconds
             return self._closing(
                 self._with(self.refuse(too_large(server.max_body_bytes), ctx), extra)
             )
@@ -290,11 +307,13 @@ class PublicHandler:
         except ClientGone:
             return self._closing(self._with(self.refuse(MALFORMED, ctx), extra))
         except UpstreamFailure as failure:
+            ctx.upstream_seconds = exchange.upstream_seconds
             if breaker is not None:
                 breaker.failure()
             rt.metrics.upstream_errors.labels(route.name, failure.kind).inc()
             return self._with(self.refuse(failure.denial, ctx), extra)
         except UpstreamBrokeOff as broken:
+            ctx.upstream_seconds, ctx.headers_at = exchange.upstream_seconds, exchange.headers_at
             if breaker is not None:
                 breaker.failure()
             rt.metrics.upstream_errors.labels(route.name, "broken").inc()
@@ -306,8 +325,10 @@ class PublicHandler:
             )  # the path is not logged: it may hold a key
             return broken.response
         except StreamCut as cut:  # the gateway's own doing: the upstream is not at fault
+            ctx.upstream_seconds, ctx.headers_at = exchange.upstream_seconds, exchange.headers_at
             ctx.code = cut.code
             return cut.response
+        ctx.upstream_seconds, ctx.headers_at = exchange.upstream_seconds, exchange.headers_at
         if breaker is not None:
             breaker.success()
         return response
@@ -416,6 +437,7 @@ class PublicHandler:
         exchange = self.exchange(request, ctx, route, identity, None, mode)
         headers = handshake_headers(exchange.head)
         assert rt.websocket_client is not None
+        sent = time.perf_counter()
         try:
             async with asyncio.timeout(route.timeout):
                 upstream = await rt.websocket_client.ws_connect(
@@ -427,6 +449,7 @@ class PublicHandler:
                     max_msg_size=0,
                 )
         except aiohttp.WSServerHandshakeError as refused:  # the upstream's own refusal
+            ctx.upstream_seconds = time.perf_counter() - sent
             ctx.code = "upstream_refused_websocket"
             response = web.Response(status=refused.status)
             response.headers["X-Request-Id"] = ctx.request_id
@@ -435,6 +458,7 @@ class PublicHandler:
             return self._with(self.refuse(UPSTREAM_TIMEOUT, ctx), extra)
         except (aiohttp.ClientError, OSError):
             return self._with(self.refuse(UPSTREAM_UNAVAILABLE, ctx), extra)
+        ctx.upstream_seconds = time.perf_counter() - sent
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),
             autoclose=False,
@@ -446,6 +470,7 @@ class PublicHandler:
             client.headers.update(extra)
         if ctx.cors is not None:
             client.headers.update(ctx.cors)
+        ctx.headers_at = time.perf_counter()
         try:
             await client.prepare(request)
         except Exception:

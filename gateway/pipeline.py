@@ -76,6 +76,8 @@ class RequestContext:
         "key_id",
         "code",
         "cors",
+        "headers_at",
+        "upstream_seconds",
     )
 
     def __init__(self, request_id: str, method: str, peer: str | None):
@@ -92,6 +94,10 @@ class RequestContext:
         self.key_id: str | None = None  # the key identified, also when it was refused
         self.code: str | None = None
         self.cors: dict[str, str] | None = None  # CORS headers every answer carries
+        # perf_counter() when the response headers went out, for a response streamed
+        # before the handler returns (proxied bodies, WebSockets); else the handler's end
+        self.headers_at: float | None = None
+        self.upstream_seconds: float | None = None  # to the upstream's response headers
 
 
 def attempt_for(

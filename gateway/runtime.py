@@ -23,6 +23,7 @@ from .proxy.upstream import UpstreamPool
 from .ratelimit import RateLimiter
 from .request_id import RequestIds
 from .routing import Router, cors_policy
+from .store.health import StoreMonitor
 from .telemetry.accesslog import AccessLog
 from .telemetry.metrics import Metrics
 from .usage import UsageRecorder
@@ -84,8 +85,12 @@ class Runtime:
     breakers: Breakers = field(default_factory=Breakers)
     request_ids: RequestIds = field(default_factory=RequestIds)
     invalidation: InvalidationListener | None = None
+    store_monitor: StoreMonitor | None = None  # the store's state, for /readyz and /metrics
     config_path: str | None = None
     reload: Callable[[], None] | None = None  # SIGHUP asks for a reload through this
+    # POST /reload on the admin port: reload now, answering what happened
+    reload_now: Callable[[str], Awaitable[Any]] | None = None
+    restart_required: tuple[str, ...] = ()  # changed settings the running process kept
     worker: int | None = None
     draining: bool = False  # /readyz answers 503 from the moment this is set
     webhooks: Any = None  # this replica's WebhookDispatcher, when it delivers

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -193,7 +194,9 @@ class Supervisor:
 
     # -- the admin port ------------------------------------------------------------
 
-    async def _ask(self, worker: Worker, path: str, timeout: float = 2.0) -> tuple[int, str] | None:
+    async def _ask(
+        self, worker: Worker, path: str, timeout: float = 2.0, method: str = "GET"
+    ) -> tuple[int, str] | None:
         if not worker.alive:
             return None
         try:
@@ -201,7 +204,7 @@ class Supervisor:
             limit = aiohttp.ClientTimeout(total=timeout)
             async with (
                 aiohttp.ClientSession(connector=connector) as session,
-                session.get("http://worker" + path, timeout=limit) as resp,
+                session.request(method, "http://worker" + path, timeout=limit) as resp,
             ):
                 return resp.status, await resp.text()
         except (aiohttp.ClientError, OSError, TimeoutError):
@@ -223,10 +226,14 @@ class Supervisor:
             if self.stopping:
                 return web.json_response({"status": "draining"}, status=503)
             answers = await asyncio.gather(*(self._ask(w, "/readyz") for w in self.workers))
-            states = [
-                {"index": w.index, "pid": w.pid, "ready": bool(a and a[0] == 200)}
-                for w, a in zip(self.workers, answers, strict=True)
-            ]
+            states = []
+            for w, a in zip(self.workers, answers, strict=True):
+                state: dict = {"index": w.index, "pid": w.pid, "ready": bool(a and a[0] == 200)}
+                if a is not None:  # the worker's own parts: store, draining, restart_required
+                    with contextlib.suppress(ValueError, AttributeError):
+                        body = json.loads(a[1])
+                        state.update({k: v for k, v in body.items() if k != "status"})
+                states.append(state)
             ready = any(s["ready"] for s in states)
             return web.json_response(
                 {"status": "ready" if ready else "unavailable", "workers": states},
@@ -252,9 +259,39 @@ class Supervisor:
             body = await asyncio.to_thread(merge_metrics, texts, (restarts, up))
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+        async def reload(request: web.Request) -> web.Response:
+            """Every worker reloads now; each one's answer, 200 only if all reloaded."""
+            answers = await asyncio.gather(
+                *(self._ask(w, "/reload", timeout=30.0, method="POST") for w in self.workers)
+            )
+            states = []
+            for w, a in zip(self.workers, answers, strict=True):
+                state: dict = {"index": w.index, "pid": w.pid}
+                if a is None:
+                    state.update(status="unreachable")
+                else:
+                    with contextlib.suppress(ValueError):
+                        state.update(json.loads(a[1]))
+                states.append(state)
+            reloaded = all(s.get("status") == "reloaded" for s in states)
+            required = sorted({n for s in states for n in s.get("restart_required", ())})
+            return web.json_response(
+                {
+                    "status": "reloaded" if reloaded else "refused",
+                    "restart_required": required,
+                    "workers": states,
+                },
+                status=200 if reloaded else 422,
+            )
+
         app = web.Application()
         app.add_routes(
-            [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
+            [
+                web.get("/healthz", healthz),
+                web.get("/readyz", readyz),
+                web.get("/metrics", metrics),
+                web.post("/reload", reload),
+            ]
         )
         return app
 

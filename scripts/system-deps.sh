@@ -5,10 +5,11 @@
 #   nginx                      forward auth behind a real nginx auth_request (tests/test_forward_auth_nginx.py)
 #   iproute2                   the pod test's network namespace (ip netns, veth)
 #   redis-sentinel             the Sentinel set of tests/test_topologies.py (else redis-server --sentinel)
+#   prometheus                 promtool, which checks and unit-tests deploy/'s alert rules
 # and checkov, the Kubernetes manifests' policy check, in a venv of its own
 # (.venv/tools/checkov): it pins packaging<24, which pytest cannot share.
 set -euo pipefail
-PACKAGES=(chromium chromium-driver nginx iproute2 redis-sentinel)
+PACKAGES=(chromium chromium-driver nginx iproute2 redis-sentinel prometheus)
 root="$(cd "$(dirname "$0")/.." && pwd)"
 checkov="$root/.venv/tools/checkov"
 if [ ! -x "$checkov/bin/checkov" ]; then

@@ -122,13 +122,30 @@ class TestMetrics:
         def delta(name, **labels):
             return value(after, name, **labels) - value(before, name, **labels)
 
-        assert delta("gateway_requests_total", route="api", outcome="ok") == 2
-        assert delta("gateway_requests_total", route="other", outcome="ok") == 1
-        assert delta("gateway_requests_total", route="api", outcome="insufficient_permissions") == 1
-        assert delta("gateway_requests_total", route="api", outcome="missing_api_key") == 1
+        ok = {"outcome": "ok", "status": "2xx"}
+        assert delta("gateway_requests_total", route="api", **ok) == 2
+        assert delta("gateway_requests_total", route="other", **ok) == 1
+        assert (
+            delta("gateway_requests_total", route="api", outcome="insufficient_permissions",
+                  status="4xx") == 1
+        )  # fmt: skip
+        assert (
+            delta("gateway_requests_total", route="api", outcome="missing_api_key", status="4xx")
+            == 1
+        )
+        assert (
+            delta("gateway_requests_total", route="-", outcome="route_not_found", status="4xx") == 1
+        )
         for code in ("missing_api_key", "invalid_api_key", "invalid_authorization_header",
-                     "insufficient_permissions", "route_not_found"):  # fmt: skip
-            assert delta("gateway_auth_denials_total", code=code) == 1, code
+                     "insufficient_permissions"):  # fmt: skip
+            assert delta("gateway_auth_denials_total", route="api", code=code) == 1, code
+        # Only refusals of a key are denials: not a route that does not exist.
+        denials = [k for k in after if k[0] == "gateway_auth_denials_total"]
+        assert {dict(k[1])["code"] for k in denials} <= {
+            "missing_api_key", "invalid_api_key", "invalid_authorization_header",
+            "insufficient_permissions", "revoked_api_key", "expired_api_key",
+            "ip_not_allowed", "referrer_not_allowed", "endpoint_not_allowed",
+        }  # fmt: skip
         assert delta("gateway_request_duration_seconds_count", route="api") == 6
         assert delta("gateway_request_duration_seconds_bucket", route="api", le="+Inf") == 6
         buckets = [k for k in after if k[0] == "gateway_request_duration_seconds_bucket"]
@@ -173,7 +190,13 @@ class TestMetrics:
         finally:
             await server.close()
         assert (
-            value(samples, "gateway_requests_total", route="gone", outcome="upstream_unavailable")
+            value(
+                samples,
+                "gateway_requests_total",
+                route="gone",
+                outcome="upstream_unavailable",
+                status="5xx",
+            )
             == 1
         )
         assert value(samples, "gateway_upstream_errors_total", route="gone", kind="refused") == 1

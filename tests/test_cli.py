@@ -235,6 +235,126 @@ class TestKeysRotate:
         assert result.returncode == 1
 
 
+async def poll_status(http, url: str, headers: dict, want, within: float = 2.0):
+    """The first answer for which ``want(resp)`` holds, within ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with http.get(url, headers=headers) as resp:
+            await resp.read()
+            if want(resp):
+                return resp
+        assert asyncio.get_running_loop().time() < deadline, f"not seen within {within}s"
+        await asyncio.sleep(0.05)
+
+
+class TestKeysUpdate:
+    async def test_update_changes_the_key_as_patch_does_and_the_gateway_follows(
+        self, cfg, created, config_data, start_gateway, http
+    ):
+        gw = await start_gateway(config_data)
+        url, headers = gw.url + "/api/x", bearer(created["key"])
+        async with http.get(url, headers=headers) as resp:
+            assert resp.status == 200  # cached from now on
+        data = cli_json(
+            cfg, "keys", "update", created["id"], "--name", "ci renamed",
+            "--permissions", "read,billing:write", "--allow-ip", "10.0.0.0/8",
+            "--allow-ip", "192.0.2.1", "--rate-limit", "5/second", "--metadata", '{"team": "ops"}',
+        )  # fmt: skip
+        assert data["id"] == created["id"] and "key" not in data
+        assert data["name"] == "ci renamed"
+        assert data["permissions"] == ["read", "billing:write"]
+        assert data["allowed_ips"] == ["10.0.0.0/8", "192.0.2.1"]
+        assert (data["rate_limit"], data["metadata"]) == ("5/second", {"team": "ops"})
+        assert cli_json(cfg, "keys", "show", created["id"])["name"] == "ci renamed"
+        refused = await poll_status(http, url, headers, lambda r: r.status == 403)
+        assert refused.status == 403  # 127.0.0.1 is no longer allowed, on the running gateway
+        data = cli_json(cfg, "keys", "update", created["id"], "--clear", "allowed_ips",
+                        "--clear", "rate_limit", "--clear", "metadata")  # fmt: skip
+        assert (data["allowed_ips"], data["rate_limit"], data["metadata"]) == ([], None, {})
+        await poll_status(http, url, headers, lambda r: r.status == 200)
+        # The change is in the audit trail, as the API's would be.
+        audit = cli_json(cfg, "audit", "--limit", "5")["data"]
+        assert any(e["action"] == "key.update" and e["key_id"] == created["id"] for e in audit)
+
+    def test_plain_output_names_what_changed_and_never_the_secret(self, cfg, created):
+        result = run_cli(cfg, "keys", "update", created["id"], "--expires-in", "30d")
+        assert result.returncode == 0, result.stderr
+        assert f"updated {created['id']}: expires_at" in result.stdout
+        assert created["key"] not in result.stdout and not SECRET.search(result.stdout)
+
+    @pytest.mark.parametrize(
+        "args, reason",
+        [
+            (["--allow-ip", "10.0.0.0/33"], "allowed_ips"),
+            (["--rate-limit", "lots"], "rate_limit"),
+            (["--permissions", "Admin"], "permissions"),
+            (["--metadata", '{"a": {"b": 1}}'], "metadata"),
+            (["--expires-at", "2001-01-01T00:00:00Z"], "expires_at"),
+            (["--clear", "allowed_ips", "--allow-ip", "10.0.0.1"], "--clear allowed_ips"),
+            ([], "nothing to change"),
+        ],
+    )
+    def test_bad_values_are_refused_with_the_reason(self, cfg, created, args, reason):
+        result = run_cli(cfg, "keys", "update", created["id"], *args)
+        assert result.returncode == 1, result.stderr
+        assert reason in result.stderr
+        assert cli_json(cfg, "keys", "show", created["id"])["name"] == "ci"  # unchanged
+
+    def test_unknown_or_revoked_key_is_refused(self, cfg, created):
+        result = run_cli(cfg, "keys", "update", "key_doesnotexist", "--name", "x")
+        assert result.returncode == 1 and "key_doesnotexist" in result.stderr
+        assert run_cli(cfg, "keys", "revoke", created["id"]).returncode == 0
+        result = run_cli(cfg, "keys", "update", created["id"], "--name", "x")
+        assert result.returncode == 1 and "revoked" in result.stderr
+
+    def test_clear_takes_only_fields_that_can_be_cleared(self, cfg, created):
+        result = run_cli(cfg, "keys", "update", created["id"], "--clear", "name")
+        assert result.returncode == 2 and "usage:" in result.stderr
+
+
+class TestAccountsUpdate:
+    async def test_a_new_plan_reaches_the_running_gateway(
+        self, cfg, account, created, config_data, start_gateway, http
+    ):
+        gw = await start_gateway(config_data)
+        url, headers = gw.url + "/api/x", bearer(created["key"])
+        async with http.get(url, headers=headers) as resp:
+            assert resp.headers["X-RateLimit-Limit"] == "100000"  # the default plan
+        data = cli_json(cfg, "accounts", "update", account, "--plan", "pro")
+        assert (data["id"], data["plan"]) == (account, "pro")
+        resp = await poll_status(
+            http, url, headers, lambda r: r.headers.get("X-RateLimit-Limit") == "1000000"
+        )
+        assert resp.status == 200
+        listed = {a["id"]: a for a in cli_json(cfg, "accounts", "list")["data"]}
+        assert listed[account]["plan"] == "pro"
+
+    def test_name_and_email(self, cfg, account):
+        result = run_cli(cfg, "accounts", "update", account, "--name", "Acme Ltd",
+                         "--email", "billing@acme.test")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert f"updated account {account} (Acme Ltd, plan default)" in result.stdout
+
+    @pytest.mark.parametrize(
+        "args, reason",
+        [
+            (["--plan", "platinum"], "platinum"),
+            (["--email", "nope"], "email"),
+            ([], "nothing to change"),
+        ],
+    )
+    def test_refused_input_changes_nothing(self, cfg, account, args, reason):
+        result = run_cli(cfg, "accounts", "update", account, *args)
+        assert result.returncode == 1
+        assert reason in result.stderr
+        listed = {a["id"]: a for a in cli_json(cfg, "accounts", "list")["data"]}
+        assert listed[account]["plan"] == "default"
+
+    def test_unknown_account(self, cfg):
+        result = run_cli(cfg, "accounts", "update", "acct_nope", "--plan", "pro")
+        assert result.returncode == 1 and "acct_nope" in result.stderr
+
+
 # -- usage errors -----------------------------------------------------------------------
 
 

@@ -387,3 +387,80 @@ class TestServeRefusesInvalidConfig:
         assert proc.returncode not in (0, None)
         assert not opened
         assert "routes[1].timeout" in stderr and "routes[0].upstream" in stderr
+
+
+# -- routes that can never be reached -------------------------------------------------
+
+
+CONFLICTS = """
+management: {path_prefix: /api}
+routes:
+  - {name: users, match: /users, upstream: "http://127.0.0.1:8000"}
+  - {name: users-again, match: /users/, upstream: "http://127.0.0.1:8001"}
+  - {name: keys, match: /api/api-keys/export, upstream: "http://127.0.0.1:8000"}
+  - {name: verify, match: /api/auth/verify, upstream: "http://127.0.0.1:8000"}
+  - {name: panel, match: /dashboard, upstream: "http://127.0.0.1:8000"}
+  - {name: api, match: /api, upstream: "http://127.0.0.1:8000"}
+  - {name: everything, match: /, upstream: "http://127.0.0.1:8000"}
+  - {name: account-below, match: /api/account/extra, upstream: "http://127.0.0.1:8000"}
+"""
+
+
+class TestUnreachableRoutes:
+    def test_check_config_names_every_unreachable_route_and_exits_1(self, tmp_path):
+        result = run_cli(write(tmp_path, CONFLICTS), "check-config")
+        assert result.returncode == 1
+        err = result.stderr
+        assert (
+            "routes[1].match: '/users' is already the match of routes[0] ('users')" in err
+        )  # the same match once normalised
+        assert "routes[2].match: '/api/api-keys/export' is answered by the gateway itself" in err
+        assert "management.path_prefix /api" in err
+        assert "routes[3].match: '/api/auth/verify' is answered by the gateway itself" in err
+        assert "routes[4].match: '/dashboard' is answered by the gateway itself" in err
+        assert "dashboard.path /dashboard" in err
+        # A route above a reserved path still gets everything else below it; and
+        # /account is answered only as itself, so a route below it is reachable.
+        for index in (5, 6, 7):
+            assert f"routes[{index}]" not in err
+        assert "4 error(s)" in err
+
+    def test_moving_the_dashboard_or_turning_management_off_frees_the_paths(self):
+        data = yaml.safe_load(CONFLICTS)
+        data["routes"] = [r for r in data["routes"] if r["name"] != "users-again"]
+        data["dashboard"] = {"path": "/console"}
+        errors = errors_of(data)
+        assert not any("routes[3]" in e for e in errors)  # /dashboard is a route now
+        data["management"]["enabled"] = False
+        parse_config(data)
+
+    def test_serve_refuses_them_too(self, tmp_path):
+        port, admin_port = free_port(), free_port()
+        data = yaml.safe_load(CONFLICTS)
+        data["server"] = {"host": "127.0.0.1", "port": port}
+        data["admin"] = {"host": "127.0.0.1", "port": admin_port}
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(data))
+        result = run_cli(path, "serve")
+        assert result.returncode == 1
+        assert "would never be reached" in result.stderr
+        assert not _listening(port)
+
+
+async def test_the_reserved_paths_are_those_the_running_gateway_answers(
+    start_gateway, base_config, upstream
+):
+    from conftest import upstream_url
+
+    from gateway.config.reserved import reserved_paths
+
+    for management in ({"path_prefix": "/v1"}, {"path_prefix": "/manage/api"}):
+        gw = await start_gateway(
+            base_config(
+                management=management,
+                dashboard={"path": "/panel"},
+                routes=[{"name": "a", "match": "/a", "upstream": upstream_url(upstream)}],
+            )
+        )
+        answered = {(path, below) for path, below, _ in gw.runtime.snapshot.local_routes}
+        assert {(p, below) for p, below, _ in reserved_paths(gw.config)} == answered

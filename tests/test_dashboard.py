@@ -734,6 +734,28 @@ async def test_a_test_mode_admin_key_manages_only_test_keys(dashboard):
     tab.assert_clean()
 
 
+async def test_the_last_admin_key_is_not_revoked_and_the_dialog_says_why(dashboard, http):
+    tab, gw, page = dashboard.tab, dashboard.gw, dashboard.tab.page
+    await tab.sign_in(dashboard.admin)  # "Ops admin", the account's only admin key
+    await tab.row("Ops admin").get_by_role("button", name="Revoke Ops admin").click()
+    revoke = page.get_by_role("dialog", name="Revoke key Ops admin?")
+    await revoke.get_by_role("button", name="Revoke key").click()
+    await expect(revoke.locator("#revoke-error")).to_contain_text(
+        "the account's last active live admin key"
+    )
+    await expect(revoke.locator("#revoke-error")).to_contain_text("create another admin key first")
+    await tab.shot("last-admin-key")
+    await page.keyboard.press("Escape")
+    await expect(revoke).to_be_hidden()
+    # Nothing changed: the key is active and still signs the page in.
+    await expect(
+        page.locator("#keys-body tr.status-active").filter(has_text="Ops admin")
+    ).to_have_count(1)
+    async with http.get(gw.url + "/v1/api-keys", headers=bearer(dashboard.admin)) as resp:
+        assert resp.status == 200
+    tab.assert_clean(409)
+
+
 # -- keys table: paging, filter, rotation due, account, audit ---------------------------------
 
 

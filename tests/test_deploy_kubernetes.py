@@ -344,6 +344,29 @@ def test_ports_probes_and_service_match_the_config(overlay):
     assert open_ports == {config.server.port}
 
 
+def test_probes_keep_a_replica_through_a_store_outage_and_never_restart_it_for_one(overlay):
+    """SPEC §8: readiness is what the gateway says, which rides out a Redis outage for
+    keys.stale_if_error; the probes must not undo that."""
+    _, docs = overlay
+    _, raw = config_of(docs)
+    deployment = find(docs, "Deployment")
+    container = gateway_container(deployment)
+    config = parse_with_env(raw, container_env(docs, container))
+    ready, live = container["readinessProbe"], container["livenessProbe"]
+    # /readyz answers from kept state, never waiting on the store: a short timeout is right,
+    # and is still above the gateway's own answer time.
+    assert 1 <= ready["timeoutSeconds"] <= 3
+    # Out of the Service soon after SIGTERM: within the preStop sleep plus the drain.
+    out_after = ready["periodSeconds"] * ready["failureThreshold"]
+    assert out_after <= prestop_seconds(container) + config.server.drain_timeout
+    # The outage window the config gives is far longer than one probe period: a blip
+    # leaves the replica in the Service.
+    assert config.keys.stale_if_error >= 60 > out_after
+    # Liveness never depends on Redis (it is /healthz) and tolerates a slow moment.
+    assert live["httpGet"]["path"] == "/healthz"
+    assert live["periodSeconds"] * live["failureThreshold"] >= 20
+
+
 def parse_with_env(raw: dict[str, Any], env: dict[str, str]):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

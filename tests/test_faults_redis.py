@@ -3,7 +3,8 @@
 A real ``gateway serve`` process runs against it. While the store is gone,
 keys the gateway has seen keep working for ``keys.stale_if_error``, unknown
 keys get 503 ``auth_backend_unavailable`` with ``Retry-After`` (never a
-pass-through, never a 500), ``/readyz`` is 503 and nothing hangs; within 5 s
+pass-through, never a 500), ``/readyz`` stays 200 (naming the store down)
+until the outage is ``stale_if_error`` old, and nothing hangs; within 5 s
 of the store's return everything is normal again, the invalidation channel
 included, and the usage counted meanwhile is written.
 """
@@ -129,7 +130,9 @@ async def test_store_down_cached_keys_work_unknown_keys_503_then_all_normal_with
     assert (status, body["error"]["code"]) == (401, "invalid_api_key")
     status, body, _, _ = await call(http, api)
     assert (status, body["error"]["code"]) == (401, "missing_api_key")
-    assert (await ready(http, s.gw))[0] == 503
+    # Cached keys still serve: the replica stays in the load balancer, naming the outage.
+    status, body = await ready(http, s.gw)
+    assert (status, body["status"], body["store"]) == (200, "ready", "down")
 
     store.start()
     returned = time.monotonic()
@@ -220,8 +223,9 @@ async def test_hung_store_fails_fast_and_no_request_hangs(outage_gateway, store,
         status, _, _, took = await call(http, api, cached)
         assert status == 200 and took < 0.5
         started = time.monotonic()
-        assert (await ready(http, s.gw))[0] == 503
-        assert time.monotonic() - started < 2.0
+        status, body = await ready(http, s.gw)  # never waits on the hung store
+        assert time.monotonic() - started < 0.5
+        assert (status, body["store"]) == (200, "down")  # well within stale_if_error (5m)
     finally:
         store.resume()
 
@@ -229,3 +233,55 @@ async def test_hung_store_fails_fast_and_no_request_hangs(outage_gateway, store,
         return (await call(http, api, unknown))[0] == 200
 
     assert await poll(unknown_passes, 5) < 5
+
+
+async def scrape(http: aiohttp.ClientSession, gw: Any) -> str:
+    async with http.get(gw.admin_url + "/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def test_killed_store_keeps_readiness_for_stale_if_error_then_503_until_it_returns(
+    outage_gateway, store, http
+):
+    """SPEC §8: a Redis blip must not take every replica out at once."""
+    s = await outage_gateway(cache_ttl="1s", stale_if_error="3s")
+    api = s.gw.url + "/api/things"
+    account = await new_account(s.service)
+    _, secret = await new_key(s.service, account)
+    assert (await call(http, api, secret))[0] == 200
+    status, body = await ready(http, s.gw)
+    assert (status, body["status"], body["store"]) == (200, "ready", "up")
+    assert "gateway_store_up 1.0" in await scrape(http, s.gw)
+
+    store.kill()
+    killed = time.monotonic()
+
+    # gateway_store_up follows the store by itself, with nobody asking /readyz.
+    async def store_down_in_metrics() -> bool:
+        return "gateway_store_up 0.0" in await scrape(http, s.gw)
+
+    assert await poll(store_down_in_metrics, 3) < 2.5
+    status, body = await ready(http, s.gw)
+    assert time.monotonic() - killed < 2.5
+    assert (status, body["status"], body["store"]) == (200, "ready", "down")
+    assert body["stale_if_error_seconds"] == 3.0
+    assert 0 < body["store_down_seconds"] < 3
+    assert (await call(http, api, secret))[0] == 200  # what keeps it ready: cached keys serve
+
+    async def unready() -> bool:
+        status, body = await ready(http, s.gw)
+        return status == 503 and body["status"] == "unavailable" and body["store"] == "down"
+
+    await poll(unready, 5)
+    assert time.monotonic() - killed >= 2.0  # not before the window (3 s after the last answer)
+
+    store.start()
+
+    async def ready_again() -> bool:
+        status, body = await ready(http, s.gw)
+        return status == 200 and body["store"] == "up"
+
+    await poll(ready_again, 5)
+    assert "gateway_store_up 1.0" in await scrape(http, s.gw)
+    assert (await call(http, api, secret))[0] == 200

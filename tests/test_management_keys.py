@@ -334,13 +334,101 @@ async def test_delete_revokes_at_once_and_is_idempotent(admin, http):
         assert (await resp.json())["data"]["revoked_at"] == body["data"]["revoked_at"]
 
 
-async def test_an_admin_key_can_revoke_itself(admin, http):
-    gw, _, admin_id, headers = admin
+async def test_an_admin_key_can_revoke_itself_while_another_admin_key_remains(admin, http):
+    gw, account, admin_id, headers = admin
+    await new_key(gw.service, account, name="second admin", permissions=["admin"])
     async with http.delete(gw.url + f"/v1/api-keys/{admin_id}", headers=headers) as resp:
         assert resp.status == 200
     async with http.get(gw.url + "/v1/api-keys", headers=headers) as resp:
         assert resp.status == 401
         assert (await resp.json())["error"]["code"] == "revoked_api_key"
+
+
+# -- the account's last admin key --------------------------------------------------------
+
+
+async def _refused_as_last_admin(resp) -> dict[str, Any]:
+    body = await resp.json()
+    assert resp.status == 409, body
+    assert body["error"]["code"] == "last_admin_key"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert "last active" in body["error"]["message"]
+    assert "admin key" in body["error"]["message"]
+    return body
+
+
+async def test_the_last_admin_key_can_neither_revoke_nor_demote_itself(admin, http):
+    gw, account, admin_id, headers = admin
+    # Other accounts' admin keys, revoked and expired admin keys, and non-admin keys do
+    # not count.
+    other = await new_account(gw.service, name="Other")
+    await new_key(gw.service, other, name="their admin", permissions=["admin"])
+    revoked = await _create(http, gw, headers, name="old admin", permissions=["admin"])
+    async with http.delete(gw.url + f"/v1/api-keys/{revoked['id']}", headers=headers) as resp:
+        assert resp.status == 200  # another admin key (this one) remains
+    expired_id, _ = await new_key(gw.service, account, name="expired", permissions=["admin"])
+    expired = await gw.service.store.get_key(expired_id)
+    await gw.service.store.save_key(expired.evolve(expires_at="2001-01-01T00:00:00Z"))
+    await _create(http, gw, headers, name="writer", permissions=["write"])
+
+    url = gw.url + f"/v1/api-keys/{admin_id}"
+    async with http.delete(url, headers=headers) as resp:
+        body = await _refused_as_last_admin(resp)
+        assert "the key making this request" in body["error"]["message"]
+        assert body["error"]["details"] == {"field": "id"}
+    for permissions in (["read", "write"], []):
+        async with http.patch(url, json={"permissions": permissions}, headers=headers) as resp:
+            await _refused_as_last_admin(resp)
+    # Nothing changed: the key still works, still admin, not revoked.
+    async with http.get(url, headers=headers) as resp:
+        data = (await resp.json())["data"]
+        assert resp.status == 200
+        assert data["permissions"] == ["admin"] and data["revoked_at"] is None
+    # Changes that keep it an admin key are fine.
+    async with http.patch(url, json={"permissions": ["admin", "read"]}, headers=headers) as resp:
+        assert resp.status == 200
+
+
+async def test_another_admin_key_cannot_take_the_last_one_away_either(admin, http):
+    gw, account, admin_id, headers = admin
+    made = await _create(http, gw, headers, name="second admin", permissions=["admin"])
+    second = bearer(made["key"])
+    # The second admin demotes the first: allowed, the second remains.
+    async with http.patch(
+        gw.url + f"/v1/api-keys/{admin_id}", json={"permissions": ["read"]}, headers=second
+    ) as resp:
+        assert resp.status == 200
+    # Now the second is the last: the first (no longer admin) cannot act, and the second
+    # cannot revoke itself.
+    async with http.delete(gw.url + f"/v1/api-keys/{made['id']}", headers=headers) as resp:
+        assert resp.status == 403
+    async with http.delete(gw.url + f"/v1/api-keys/{made['id']}", headers=second) as resp:
+        await _refused_as_last_admin(resp)
+
+
+async def test_test_admin_keys_do_not_keep_live_keys_manageable(admin, http):
+    gw, account, admin_id, headers = admin
+    test_admin = await _create(
+        http, gw, headers, name="test admin", mode="test", permissions=["admin"]
+    )
+    # A test-mode admin key manages only test keys: the last live admin key stays.
+    async with http.delete(gw.url + f"/v1/api-keys/{admin_id}", headers=headers) as resp:
+        body = await _refused_as_last_admin(resp)
+        assert "last active live admin key" in body["error"]["message"]
+    # The last test admin key may go: the live admin key manages test keys too.
+    async with http.delete(
+        gw.url + f"/v1/api-keys/{test_admin['id']}", headers=bearer(test_admin["key"])
+    ) as resp:
+        assert resp.status == 200
+
+
+async def test_the_operators_cli_is_not_held_to_it(admin, http):
+    from gateway.keys.service import CLI
+
+    gw, _, admin_id, headers = admin
+    await gw.service.revoke_key(CLI, admin_id)  # how a locked-out account is let back in
+    async with http.get(gw.url + "/v1/api-keys", headers=headers) as resp:
+        assert resp.status == 401
 
 
 # -- refused input --------------------------------------------------------------
@@ -560,3 +648,33 @@ async def test_usage_and_last_used_follow_real_requests(admin, http):
     assert (today["allowed"], today["denied"], today["rate_limited"]) == (3, 1, 0)
     async with http.get(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:
         assert (await resp.json())["data"]["last_used_at"] is not None
+
+
+async def test_two_admin_keys_revoking_each_other_at_once_leave_one(admin, http):
+    """The check and the revocation are one step per account: never both succeed."""
+    import asyncio
+
+    gw, account, first_id, first = admin
+    made = await _create(http, gw, first, name="second admin", permissions=["admin"])
+    second = bearer(made["key"])
+
+    async def revoke(key_id: str, headers: dict) -> int:
+        async with http.delete(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+    for _ in range(5):
+        statuses = await asyncio.gather(revoke(made["id"], first), revoke(first_id, second))
+        # One wins. The other is refused: 409 when both got past authentication first, or
+        # 401 revoked_api_key when the first revocation reached it before its own check.
+        assert sorted(statuses) in ([200, 401], [200, 409]), statuses
+        # Exactly one active admin key is left, and it works.
+        keys = [await gw.service.store.get_key(i) for i in (first_id, made["id"])]
+        alive = [k for k in keys if k.revoked_at is None]
+        assert len(alive) == 1
+        survivor = first if alive[0].id == first_id else second
+        async with http.get(gw.url + "/v1/api-keys", headers=survivor) as resp:
+            assert resp.status == 200
+        # Another pair for the next round.
+        made = await _create(http, gw, survivor, name="next admin", permissions=["admin"])
+        first_id, first, second = alive[0].id, survivor, bearer(made["key"])

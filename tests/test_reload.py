@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from conftest import (
     GatewayProcess,
     bearer,
@@ -189,8 +190,8 @@ async def test_restart_only_settings_are_logged_as_ignored_and_kept(reloading, u
 
         await poll(reloaded, 4)
         log = gw.log()
-        assert "server.port changed; ignored until restart" in log
-        assert "redis.key_prefix changed; ignored until restart" in log
+        assert "server.port changed; needs a restart" in log
+        assert "redis.key_prefix changed; needs a restart" in log
         # Still on the old port and the old store prefix (the key still works) ...
         assert await status(http, gw.url + "/a/x", secret) == 200
         # ... while a live setting took effect.
@@ -235,3 +236,59 @@ async def test_a_configmap_symlink_swap_is_picked_up(base_config, upstream, redi
             assert await status(http, gw.url + "/a/x", secret) == 200
     finally:
         assert gw.stop() == 0
+
+
+async def admin_reload(http: aiohttp.ClientSession, gw: Any) -> tuple[int, dict]:
+    async with http.post(gw.admin_url + "/reload") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_store_connection_changes_are_answered_as_needing_a_restart(reloading, upstream):
+    gw, _, secret = await reloading()
+    data = yaml.safe_load(gw.config_path.read_text())  # as started: with its real ports
+    async with aiohttp.ClientSession() as http:
+        status_code, answer = await admin_reload(http, gw)  # nothing changed
+        assert (status_code, answer) == (200, {"status": "reloaded", "restart_required": []})
+        for redis in (
+            {"sentinel": {"master_name": "main", "nodes": [f"127.0.0.1:{free_port()}"]},
+             "tls": {"verify": False}},
+            {"cluster": {"nodes": [f"127.0.0.1:{free_port()}"]}},
+        ):  # fmt: skip
+            changed = {
+                **data,
+                "redis": {"key_prefix": data["redis"]["key_prefix"], **redis},
+                "routes": [route("a", "/a", upstream), route("b", "/b", upstream)],
+            }
+            replace_file(gw.config_path, changed)
+            status_code, answer = await admin_reload(http, gw)
+            assert status_code == 200, answer
+            assert answer["status"] == "reloaded"
+            assert set(answer["restart_required"]) == {"redis.url"} | {
+                f"redis.{name}" for name in redis
+            }
+            # The rest of the file took effect; the store connection is the running one.
+            assert await status(http, gw.url + "/b/x", secret) == 200
+            assert await status(http, gw.url + "/a/x", secret) == 200
+            async with http.get(gw.admin_url + "/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 200
+                assert body["restart_required"] == answer["restart_required"]
+        log = gw.log()
+        for name in ("redis.sentinel", "redis.tls", "redis.cluster", "redis.url"):
+            assert f"{name} changed; needs a restart" in log, name
+
+        # Back to the running store settings: nothing is pending any more.
+        replace_file(gw.config_path, data)
+        status_code, answer = await admin_reload(http, gw)
+        assert (status_code, answer["restart_required"]) == (200, [])
+        async with http.get(gw.admin_url + "/readyz") as resp:
+            assert "restart_required" not in await resp.json()
+
+        # A file that does not load: 422 with the field's path, the running config stays.
+        replace_file(
+            gw.config_path, {**data, "routes": [route("a", "/a", upstream, timeout="soon")]}
+        )
+        status_code, answer = await admin_reload(http, gw)
+        assert status_code == 422 and answer["status"] == "refused"
+        assert any("routes[0].timeout" in error for error in answer["errors"]), answer
+        assert await status(http, gw.url + "/a/x", secret) == 200

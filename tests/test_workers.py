@@ -18,7 +18,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import bearer, new_account, new_key, service_for, upstream_url
+import yaml
+from conftest import bearer, new_account, new_key, service_for, upstream_url, write_config
 
 from gateway.config import parse_config
 from gateway.keys.service import CLI
@@ -136,7 +137,8 @@ async def test_a_revocation_reaches_every_worker_and_sighup_reaches_every_worker
     gw, service, key_id, secret = workers_gateway
     url = gw.url + "/api/x"
     async with aiohttp.ClientSession() as http:
-        await all_ready(http, gw, 2)
+        ready = await all_ready(http, gw, 2)
+        assert [(w["store"], w["config"]) for w in ready["workers"]] == [("up", "loaded")] * 2
         assert await batch(gw, url, secret) == {200}
         # Both workers have the key cached (for 5 minutes).
         assert set(served_by_worker((await admin(http, gw, "/metrics"))[1])) == {"0", "1"}
@@ -159,6 +161,21 @@ async def test_a_revocation_reaches_every_worker_and_sighup_reaches_every_worker
                 break
             assert time.monotonic() < deadline, metrics
             await asyncio.sleep(0.1)
+
+        # POST /reload on the supervisor: every worker reloads and says what needs a restart.
+        data = yaml.safe_load(gw.config_path.read_text())
+        data["redis"]["socket_timeout"] = "3s"
+        write_config(gw.config_path, data)
+        async with http.post(gw.admin_url + "/reload") as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+        assert answer["status"] == "reloaded"
+        assert answer["restart_required"] == ["redis.socket_timeout"]
+        assert sorted(w["index"] for w in answer["workers"]) == [0, 1]
+        assert all(w["status"] == "reloaded" for w in answer["workers"])
+        assert all(w["restart_required"] == ["redis.socket_timeout"] for w in answer["workers"])
+        _, ready = await admin(http, gw, "/readyz")
+        assert [w["restart_required"] for w in ready["workers"]] == [["redis.socket_timeout"]] * 2
 
         # A stream in flight keeps its worker draining while the supervisor says so.
         _, other = await new_key(service, await new_account(service))

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from .reserved import route_conflicts
 from .schema import Config
 
 DEFAULT_PATH = "config/gateway.yaml"
@@ -100,6 +101,8 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
                 errors.append(message)
             else:
                 errors.append(f"{where or '(top level)'}: {message}")
+    else:
+        errors += route_conflicts(config)
     if errors:
         raise ConfigError(source, list(dict.fromkeys(errors)))
     return config

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..timefmt import isoformat, parse_time, utcnow
 from ..usage.reader import UsageReader
 from .format import generate_secret, hash_secret, new_id
 from .model import Account, KeyRecord
-from .store import KeyStore
+from .store import AccountBusy, KeyStore
 
 log = logging.getLogger("gateway.keys")
 
@@ -68,6 +68,12 @@ class NotFound(OperationError):
 
 class Forbidden(OperationError):
     code = "insufficient_permissions"
+
+
+class LastAdminKey(OperationError):
+    """The change would leave the account with no active admin key to manage it (409)."""
+
+    code = "last_admin_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +300,47 @@ class KeyService:
         await self._record(CLI, "account.create", account.id, None, plan=plan)
         return account
 
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        plan: str | None = None,
+    ) -> Account:
+        """Change an account's name, email or plan; every replica applies a new plan to the
+        account's keys within two seconds (their cached copies are dropped)."""
+        account = await self.account(account_id)
+        changes: dict[str, Any] = {}
+        if name is not None:
+            if not name.strip() or len(name) > 200:
+                raise InvalidRequest(
+                    "name must be a non-empty string of at most 200 characters", "name"
+                )
+            changes["name"] = name.strip()
+        if email is not None:
+            if "@" not in email or len(email) > 320:
+                raise InvalidRequest(f"{email!r} is not an email address", "email")
+            changes["email"] = email
+        if plan is not None:
+            if plan not in self.config.plans:
+                known = ", ".join(sorted(self.config.plans))
+                raise InvalidRequest(
+                    f"plan {plan!r} is not defined in the config (known: {known})", "plan"
+                )
+            changes["plan"] = plan
+        if not changes:
+            raise InvalidRequest("nothing to change: give a name, email or plan")
+        updated = replace(account, **changes)
+        await self.store.add_account(updated)
+        if updated.plan != account.plan:
+            ids, _ = await self.store.list_key_ids(
+                account_id, mode=None, limit=10**9, starting_after=None
+            )
+            await self.store.publish_invalidation(r.hash for r in await self.store.get_keys(ids))
+        await self._record(CLI, "account.update", account_id, None, fields=sorted(changes))
+        return updated
+
     async def account(self, account_id: str) -> Account:
         account = await self.store.get_account(account_id)
         if account is None:
@@ -384,7 +431,7 @@ class KeyService:
         if record.revoked_at:
             raise InvalidRequest("a revoked key cannot be changed", "id")
         updated = record.evolve(**fields)
-        await self.store.save_key(updated)
+        await self._save_keeping_an_admin(actor, record, updated, "remove the admin permission of")
         await self._record(actor, "key.update", record.account_id, record.id, fields=sorted(fields))
         await self._event("api_key.updated", updated)
         return updated
@@ -394,10 +441,58 @@ class KeyService:
         if record.revoked_at:
             return record
         revoked = record.evolve(revoked_at=isoformat(utcnow()))
-        await self.store.save_key(revoked)
+        await self._save_keeping_an_admin(actor, record, revoked, "revoke")
         await self._record(actor, "key.revoke", record.account_id, record.id)
         await self._event("api_key.revoked", revoked)
         return revoked
+
+    async def _save_keeping_an_admin(
+        self, actor: Actor, before: KeyRecord, after: KeyRecord, doing: str
+    ) -> None:
+        """Save ``after``, unless (through the API) it leaves the account no active admin key.
+
+        A change that takes an admin key away runs under the account's lock, so that two
+        admin keys revoking each other at once cannot both succeed.
+        """
+        if actor.id == CLI.id or not _active_admin(before) or _active_admin(after):
+            await self.store.save_key(after)
+            return
+        try:
+            async with self.store.account_lock(before.account_id):
+                await self._keep_an_admin(actor, before, after, doing)
+                await self.store.save_key(after)
+        except AccountBusy as exc:
+            raise LastAdminKey(f"{exc}; try again", "id") from None
+
+    async def _keep_an_admin(
+        self, actor: Actor, before: KeyRecord, after: KeyRecord, doing: str
+    ) -> None:
+        """Refuse (through the API) a change that leaves the account no active admin key.
+
+        A key is an active admin key while it is neither revoked nor expired and holds
+        ``admin``. Live admin keys manage both modes, test ones only test keys: a live key
+        needs another active live admin key to remain, a test key any other active admin
+        key. The operator's CLI is not held to it: it is how an account locked out is let
+        back in.
+        """
+        if actor.id == CLI.id or not _active_admin(before) or _active_admin(after):
+            return
+        ids, _ = await self.store.list_key_ids(
+            before.account_id, mode=None, limit=10**9, starting_after=None
+        )
+        others = [
+            other
+            for other in await self.store.get_keys([i for i in ids if i != before.id])
+            if _active_admin(other) and (before.mode == "test" or other.mode == "live")
+        ]
+        if not others:
+            itself = " (the key making this request)" if actor.id == before.id else ""
+            raise LastAdminKey(
+                f"Cannot {doing} key {before.id}{itself}: it is the account's last active "
+                f"{'' if before.mode == 'test' else 'live '}admin key, and without one no "
+                "key could manage this account's keys; create another admin key first",
+                "id",
+            )
 
     async def rotate_key(
         self, actor: Actor, key_id: str, grace_period: Any = "24h"
@@ -460,6 +555,10 @@ class KeyService:
     async def usage_days(self, record: KeyRecord, days: int = 30) -> list[dict[str, Any]]:
         """The key's daily request counts by outcome, newest UTC day first."""
         return await UsageReader(self.store.client, self.store.prefix).days(record, days)
+
+
+def _active_admin(record: KeyRecord) -> bool:
+    return "admin" in record.permissions and record.status() == "active"
 
 
 def rotation_due(record: KeyRecord, rotation_days: int, now: datetime | None = None) -> bool:

@@ -24,9 +24,12 @@ not bring the key back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +59,20 @@ return score
 """
 
 
+# Delete KEYS[1] only if it still holds ARGV[1] (the lock's owner releases it, nobody else).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+LOCK_TTL_MS = 5000  # a holder that dies frees the lock after this long
+LOCK_WAIT = 3.0  # how long to wait for it
+
+
+class AccountBusy(Exception):
+    """Another change to the account's admin keys held its lock too long."""
+
+
 class KeyStore:
     def __init__(self, client: aioredis.Redis, prefix: str = "gw:"):
         self.client = client
@@ -69,6 +86,24 @@ class KeyStore:
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+    @contextlib.asynccontextmanager
+    async def account_lock(self, account_id: str) -> AsyncIterator[None]:
+        """One change at a time to an account's admin keys, across every replica."""
+        key, token = self._k("lock", "admins", account_id), secrets.token_hex(16)
+        deadline = time.monotonic() + LOCK_WAIT
+        try:
+            while not await self.client.set(key, token, nx=True, px=LOCK_TTL_MS):
+                if time.monotonic() > deadline:
+                    raise AccountBusy(f"another change to account {account_id}'s keys is running")
+                await asyncio.sleep(0.02)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        try:
+            yield
+        finally:
+            with contextlib.suppress(*STORE_ERRORS):
+                await self.client.eval(_RELEASE, 1, key, token)
 
     async def ping(self) -> bool:
         try:

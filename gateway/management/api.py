@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..denials import BACKEND_DOWN, Denial, error_response
-from ..keys.service import Forbidden, InvalidRequest, NotFound, OperationError
+from ..keys.service import Forbidden, InvalidRequest, LastAdminKey, NotFound, OperationError
 from ..pipeline import Attempt, attempt_for
 from ..store.connection import StoreUnavailable
 from . import events, identity, keys, webhooks
@@ -127,6 +127,8 @@ def operation_error(exc: OperationError) -> Denial:
         return Denial("insufficient_permissions", details, message=exc.message)
     if isinstance(exc, InvalidRequest):
         return Denial("invalid_request", details, message=exc.message)
+    if isinstance(exc, LastAdminKey):
+        return Denial("last_admin_key", details, message=exc.message)
     return Denial("invalid_request", details, message=exc.message)
 
 

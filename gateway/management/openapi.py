@@ -118,6 +118,10 @@ ERRORS = {
         "ip_not_allowed, referrer_not_allowed or endpoint_not_allowed"
     ),
     "404": _error_response("resource_not_found: no such key in the caller's account"),
+    "409": _error_response(
+        "last_admin_key: the change (revoking the key, or taking away its admin permission) "
+        "would leave the account without an active admin key; create another one first"
+    ),
     "413": _error_response("payload_too_large"),
     "429": _error_response("rate_limit_exceeded (with Retry-After)"),
     "503": _error_response("auth_backend_unavailable (with Retry-After)"),
@@ -235,7 +239,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     "requestBody": _body("KeyUpdate", True),
                     "responses": {
                         **_answer("200", "The changed key", "KeyAnswer"),
-                        **_errors("400", *AUTH_ERRORS, "404", "413"),
+                        **_errors("400", *AUTH_ERRORS, "404", "409", "413"),
                     },
                 },
                 "delete": {
@@ -243,7 +247,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     "summary": "Revoke a key, at once, on every gateway sharing the store",
                     "responses": {
                         **_answer("200", "The key is revoked", "RevokedAnswer"),
-                        **_errors(*AUTH_ERRORS, "404"),
+                        **_errors(*AUTH_ERRORS, "404", "409"),
                     },
                 },
             },

@@ -13,9 +13,10 @@ mtime or size and of the target of any symlink on its path: a Kubernetes
 ConfigMap update swaps the ``..data`` symlink, which changes the resolved path.
 
 Some settings only take effect at start (listeners, workers, TLS, the admin
-port, the store connection, the key cache, the rate limiter's fallback): a
-changed value is logged as ignored until restart and the running value is
-kept in the new snapshot.
+port, every setting of the store connection, the key cache, the rate
+limiter's fallback): a changed value is reported as needing a restart (a
+warning in the log, ``restart_required`` in the reload's answer and in
+``/readyz``) and the running value is kept in the new snapshot.
 """
 
 from __future__ import annotations
@@ -26,24 +27,40 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.loader import ConfigError, load_config
-from ..config.schema import Config
+from ..config.schema import AdminConfig, Config, RedisConfig
 from ..runtime import Runtime, Snapshot
 
 log = logging.getLogger("gateway.reload")
 
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "workers", "tls"),
-    "admin": ("host", "port", "enabled"),
-    "redis": ("url", "data_dir", "key_prefix", "socket_timeout", "connect_timeout"),
+    "admin": tuple(AdminConfig.model_fields),  # the admin listener: all of it
+    # The store connection: all of it (url, sentinel, cluster, tls, timeouts, prefix, ...).
+    "redis": tuple(RedisConfig.model_fields),
     "keys": ("prefix", "cache_ttl", "negative_cache_ttl", "cache_max_size", "stale_if_error"),
     "rate_limits": ("on_store_error",),
 }
 """Settings read once at start: a reload keeps their running values."""
 
 LocalRoutes = Callable[[Runtime], tuple]
+
+
+@dataclass
+class ReloadResult:
+    """What a reload did: the answer of the admin port's ``POST /reload``."""
+
+    reloaded: bool
+    errors: list[str] = field(default_factory=list)  # why the file was refused
+    restart_required: list[str] = field(default_factory=list)  # changed, kept until restart
+
+    def answer(self) -> dict[str, Any]:
+        if not self.reloaded:
+            return {"status": "refused", "errors": self.errors}
+        return {"status": "reloaded", "restart_required": self.restart_required}
 
 
 def pin_restart_only(running: Config, new: Config) -> tuple[Config, list[str]]:
@@ -129,6 +146,10 @@ class ConfigReloader:
 
     async def reload(self, reason: str) -> bool:
         """Load, validate and swap in the file's config; False (old config kept) if it is invalid."""
+        return (await self.reload_with_result(reason)).reloaded
+
+    async def reload_with_result(self, reason: str) -> ReloadResult:
+        """:meth:`reload`, answering what was refused or what needs a restart."""
         async with self._lock:
             metrics = self.runtime.metrics
             try:
@@ -142,11 +163,11 @@ class ConfigReloader:
                     "config reload (%s) refused, keeping the running config: %s",
                     reason, "; ".join(exc.errors),
                 )  # fmt: skip
-                return False
-            except Exception:
+                return ReloadResult(False, errors=list(exc.errors))
+            except Exception as exc:
                 metrics.reloads.labels("error").inc()
                 log.exception("config reload (%s) failed, keeping the running config", reason)
-                return False
+                return ReloadResult(False, errors=[f"{type(exc).__name__}: {exc}"])
             self.runtime.snapshot = snapshot  # the atomic swap
             service = self.runtime.service
             if hasattr(service, "config"):
@@ -154,13 +175,18 @@ class ConfigReloader:
             self._digest = digest
             self._fingerprint = _fingerprint(self.path)
             metrics.reloads.labels("success").inc()
+            self.runtime.restart_required = tuple(ignored)
             for name in ignored:
-                log.warning("config reload: %s changed; ignored until restart", name)
+                log.warning(
+                    "config reload: %s changed; needs a restart (the running value stays "
+                    "until then)",
+                    name,
+                )
             log.info(
                 "config reloaded (%s): %d route(s), %d plan(s)",
                 reason, len(new_config.routes), len(new_config.plans),
             )  # fmt: skip
-            return True
+            return ReloadResult(True, restart_required=ignored)
 
     def _build(self, config: Config) -> Snapshot:
         """A whole snapshot for ``config``, local routes (management API) included.

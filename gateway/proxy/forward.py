@@ -12,6 +12,7 @@ comes; a body that all came with the head goes back in one write.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,6 +93,10 @@ class Exchange:
     streams: OpenStreams | None = None  # where a streamed answer registers, to be cut
     key_hash: str | None = None  # the caller's key, whose revocation cuts the stream
     key_expires_at: float | None = None
+    # Set by forward(): seconds from sending upstream to its response head (or failure),
+    # and perf_counter() when the response head went to the client, if it was streamed.
+    upstream_seconds: float | None = None
+    headers_at: float | None = None
 
 
 async def forward(
@@ -122,6 +127,7 @@ async def forward(
     elif connection is not None:
         connection.body_read()
     retries = 1 if method in IDEMPOTENT and body_kind == "none" else 0
+    sent = time.perf_counter()
     while True:
         upstream = pool.take(exchange.origin)
         reused = upstream is not None
@@ -134,6 +140,7 @@ async def forward(
                 loop.time() + exchange.timeout,
             )
         except UpstreamError as error:
+            exchange.upstream_seconds = time.perf_counter() - sent
             raise _failure(error) from None
         writer: asyncio.Task[None] | None = None
         if body_kind != "none":
@@ -150,6 +157,7 @@ async def forward(
             if error.kind == "reset" and retries and reused:
                 retries -= 1
                 continue  # a pooled connection the upstream had just closed
+            exchange.upstream_seconds = time.perf_counter() - sent
             raise _failure(error) from None
         except BaseException:
             upstream.finished(None)
@@ -157,6 +165,7 @@ async def forward(
                 writer.cancel()
             raise
         break
+    exchange.upstream_seconds = time.perf_counter() - sent
     try:
         return await _respond(request, response, exchange, upstream)
     finally:
@@ -276,6 +285,7 @@ async def _respond(
                 headers.append(("Content-Length", value.decode("latin-1")))
                 break
         answer = VerbatimResponse(status=status, reason=reason, headers=headers)
+        exchange.headers_at = time.perf_counter()
         await answer.prepare(request)
         await answer.write_eof()
         return answer
@@ -288,6 +298,7 @@ async def _respond(
             if name.lower() == b"content-length":
                 answer.content_length = int(value)
                 break
+    exchange.headers_at = time.perf_counter()
     await answer.prepare(request)
     streams = exchange.streams
     handle = _StreamCut(request, upstream)

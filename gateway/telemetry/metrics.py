@@ -81,6 +81,7 @@ SERIES: dict[str, tuple[str, ...]] = {
     "gateway_key_cache_stale_served_total": (),
     "gateway_key_cache_entries": (),
     "gateway_websocket_connections": ("route",),
+    "gateway_alerts_total": ("type",),
     "gateway_config_reloads_total": ("result",),
     "gateway_build_info": ("version",),
 }

@@ -67,6 +67,11 @@ AUTH_DENIALS = frozenset(
     }
 )
 
+ALERT_TYPES = (
+    "alert.new_network", "alert.usage_spike", "alert.denied_burst",
+    "alert.key_unused", "alert.rotation_due", "alert.quota_threshold",
+)  # fmt: skip
+
 # name (as exposed, without the _bucket/_sum/_count of histograms) -> its labels
 SERIES: dict[str, tuple[str, ...]] = {
     "gateway_requests_total": ("route", "outcome", "status"),
@@ -208,6 +213,8 @@ class Metrics:
             "gateway_alerts", "Alerts raised by this process, by type",
             ["type"], registry=self.registry,
         )  # fmt: skip
+        for kind in ALERT_TYPES:  # every type shows from the start, at zero
+            self.alerts.labels(kind)
         self.websockets = Gauge(
             "gateway_websocket_connections", "WebSocket connections open now, by route",
             ["route"], registry=self.registry,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from . import __version__
 from .compat.aiohttp import GatewayServer
 from .config.schema import Config
 from .handler import PublicHandler, parser_limits
@@ -38,6 +39,7 @@ from .runtime import Runtime, Snapshot
 from .store.connection import StoreHandle, open_store
 from .telemetry.accesslog import AccessLog
 from .telemetry.metrics import Metrics
+from .telemetry.tracing import Tracer
 from .usage import UsageRecorder
 
 log = logging.getLogger("gateway")
@@ -129,6 +131,9 @@ class GatewayApp:
             worker=self._worker,
         )
         holder.append(runtime)
+        if config.tracing.otlp_endpoint is not None:
+            runtime.tracer = runtime.pipeline.tracer = Tracer(config.tracing, __version__)
+            stack.callback(runtime.tracer.shutdown)  # last: what the closing requests sent
         metrics.watch_cache(lambda: (cache.hits, cache.misses, cache.stale_served, len(cache)))
         runtime.snapshot = Snapshot.build(config, local_routes(runtime))
         stack.callback(runtime.pool.close)

@@ -25,6 +25,7 @@ from .request_id import RequestIds
 from .routing import Router, cors_policy
 from .telemetry.accesslog import AccessLog
 from .telemetry.metrics import Metrics
+from .telemetry.tracing import Tracer
 from .usage import UsageRecorder
 
 LocalHandler = Callable[..., Awaitable[Any]]
@@ -88,6 +89,7 @@ class Runtime:
     reload: Callable[[], None] | None = None  # SIGHUP asks for a reload through this
     worker: int | None = None
     draining: bool = False  # /readyz answers 503 from the moment this is set
+    tracer: Tracer | None = None  # spans over OTLP, with tracing.otlp_endpoint set
 
     @property
     def config(self) -> Config:

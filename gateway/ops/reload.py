@@ -40,6 +40,8 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "redis": ("url", "data_dir", "key_prefix", "socket_timeout", "connect_timeout"),
     "keys": ("prefix", "cache_ttl", "negative_cache_ttl", "cache_max_size", "stale_if_error"),
     "rate_limits": ("on_store_error",),
+    "tracing": ("otlp_endpoint", "sample_ratio", "service_name"),
+    "logging": ("format",),
 }
 """Settings read once at start: a reload keeps their running values."""
 

@@ -81,6 +81,8 @@ class Exchange:
     streams: OpenStreams | None = None  # where a streamed answer registers, to be cut
     key_hash: str | None = None  # the caller's key, whose revocation cuts the stream
     key_expires_at: float | None = None
+    body_sent: int = 0  # request body bytes forwarded (a chunked body: counted)
+    body_relayed: int | None = None  # response body bytes relayed, for a streamed answer
 
 
 async def forward(
@@ -218,6 +220,7 @@ async def _send_body(
         else:
             transport.write(chunk)
         await upstream.drain()
+    exchange.body_sent = seen
     if connection is not None:
         connection.body_read()
     if chunked:
@@ -280,11 +283,14 @@ async def _respond(
     handle = _StreamCut(request, upstream)
     if streams is not None:
         streams.add(handle, exchange.key_hash, exchange.key_expires_at)
+    relayed = 0
     try:
         while True:
             chunk = await response.next_chunk()
             if not chunk:
                 break
+            relayed += len(chunk)
+            exchange.body_relayed = relayed
             await answer.write(chunk)
     except UpstreamError as exc:
         if request.transport is not None:

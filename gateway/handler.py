@@ -54,6 +54,7 @@ from .proxy.websocket import (
 )
 from .routing import Route
 from .runtime import Runtime, Snapshot
+from .telemetry.logs import request_id as current_request_id
 from .telemetry.tracing import new_span_id, new_trace_id, parse_traceparent
 
 log = logging.getLogger("gateway.handler")
@@ -99,6 +100,7 @@ class PublicHandler:
             rt.request_ids.of(headers.get("X-Request-Id")), request.method, request.remote
         )
         self.trace(ctx, headers.get("traceparent"), headers)
+        logged_as = current_request_id.set(ctx.request_id)  # for the log lines it causes
         route_name = "-"
         try:
             denial = self.front(request, ctx, snapshot)
@@ -141,6 +143,7 @@ class PublicHandler:
         if ctx.cors is not None and not response.prepared:
             response.headers.update(ctx.cors)  # errors too, so the page's script can read why
         self.observe(request, ctx, response, route_name, started)
+        current_request_id.reset(logged_as)
         if connection is not None and connection.draining:
             response.force_close()
         return response

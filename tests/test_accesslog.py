@@ -355,3 +355,54 @@ class TestProcessLog:
         assert records["p-query"]["http.response.status_code"] == 401
         assert records["p-query"]["url.path"] == "/api/x"
         assert records["p-bad"]["key_id"] is None
+
+    async def test_application_logs_as_json_with_the_request_id(
+        self, gateway_process, base_config, redis_client
+    ):
+        """``logging.format: json``: every line the process writes is a JSON object; one
+        written while a request was handled carries that request's id."""
+
+        async def broken(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Length": str(1024 * 1024)})
+            await response.prepare(request)
+            await response.write(b"x" * 10_000)
+            await asyncio.sleep(0.05)
+            request.transport.abort()
+            return response
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", broken)
+        upstream = TestServer(app, host="127.0.0.1")
+        await upstream.start_server()
+        try:
+            data = base_config(
+                logging={"format": "json"},
+                routes=[{"name": "b", "match": "/b", "upstream": upstream_url(upstream),
+                         "auth": "none"}],
+            )  # fmt: skip
+            proc = gateway_process(data).start()
+            async with aiohttp.ClientSession() as session:
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    async with session.get(
+                        proc.url + "/b/x", headers={"X-Request-Id": "json-cut"}
+                    ) as resp:
+                        await resp.read()
+            assert proc.stop() == 0
+        finally:
+            await upstream.close()
+        records = [json.loads(line) for line in proc.log().splitlines() if line.strip()]
+        app_lines = [r for r in records if "level" in r]
+        assert app_lines, proc.log()
+        for record in app_lines:
+            assert set(record) <= {"timestamp", "level", "logger", "message", "request_id",
+                                   "worker", "exception"}  # fmt: skip
+            assert datetime.fromisoformat(record["timestamp"]).utcoffset() == timedelta(0)
+        [cut] = [r for r in app_lines if "broke off" in r["message"]]
+        assert (cut["level"], cut["logger"], cut["request_id"]) == (
+            "WARNING",
+            "gateway.handler",
+            "json-cut",
+        )
+        assert all("request_id" not in r for r in app_lines if r is not cut)  # outside requests
+        [access] = [r for r in records if r.get("request_id") == "json-cut" and "level" not in r]
+        assert access["code"] == "upstream_unavailable"

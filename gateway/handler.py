@@ -55,7 +55,7 @@ from .proxy.websocket import (
 from .routing import Route
 from .runtime import Runtime, Snapshot
 from .telemetry.logs import request_id as current_request_id
-from .telemetry.tracing import new_span_id, new_trace_id, parse_traceparent
+from .telemetry.tracing import new_ids, new_span_id, parse_traceparent
 
 log = logging.getLogger("gateway.handler")
 
@@ -134,8 +134,15 @@ class PublicHandler:
             response = self.refuse(INTERNAL, ctx)
         except BaseException:  # cancelled: the client went away
             if ctx.span is not None:
-                rt.tracer.end_server(ctx.span, method=ctx.method, path=ctx.path, status=None,
-                                     route=route_name, key_id=ctx.key_id, code="client_closed")  # fmt: skip
+                rt.tracer.end_server(
+                    ctx.span,
+                    method=ctx.method,
+                    path=rt.access_log.mask(ctx.path),
+                    status=None,
+                    route=route_name,
+                    key_id=ctx.key_id,
+                    code="client_closed",
+                )
             raise
         finally:
             if connection is not None:
@@ -160,10 +167,10 @@ class PublicHandler:
         tracer = self.runtime.tracer
         if tracer is None:
             if parent is None:
-                ctx.trace_id = new_trace_id()
+                ctx.trace_id, ctx.span_id = new_ids()
             else:
                 ctx.trace_id, _, ctx.trace_flags = parent
-            ctx.span_id = new_span_id()
+                ctx.span_id = new_span_id()
         else:
             span, token, ctx.trace_id, ctx.span_id, ctx.trace_flags = tracer.start_server(
                 ctx.method, parent, tracestate

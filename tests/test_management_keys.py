@@ -624,3 +624,18 @@ async def test_a_grace_period_is_a_duration_string_of_at_most_six_digits(admin, 
     ) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["details"] == {"field": "grace_period"}
+
+
+async def test_an_expiry_in_an_early_year_is_written_with_four_digits(admin, http):
+    gw, _, _, headers = admin
+    async with http.post(
+        gw.url + "/v1/api-keys",
+        json={"name": "old", "expires_at": "0388-03-20T01:42:06Z"},
+        headers=headers,
+    ) as resp:
+        assert resp.status == 201
+        key_id = (await resp.json())["data"]["id"]
+    async with http.get(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:
+        assert (await resp.json())["data"]["expires_at"] == "0388-03-20T01:42:06Z"
+    async with http.post(gw.url + f"/v1/api-keys/{key_id}/rotate", headers=headers) as resp:
+        assert resp.status == 409  # expired: not rotated, and no server error

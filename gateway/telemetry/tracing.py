@@ -3,7 +3,7 @@
 Every request carries a trace: the client's ``traceparent`` is continued, else
 a trace starts. Without ``tracing.otlp_endpoint`` the gateway records nothing
 and needs no OpenTelemetry package: :func:`trace_context` reads or makes the
-W3C ids with one regular expression and ``random.getrandbits``, and the
+W3C ids with one regular expression and ``random.randbytes``, and the
 upstream receives ``traceparent`` with the gateway's own span id as parent.
 
 With ``tracing.otlp_endpoint`` set, :class:`Tracer` (the ``tracing`` extra:
@@ -29,7 +29,7 @@ EXTRA = "keygate[tracing]"
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
-_bits = random.getrandbits
+_randbytes = random.randbytes
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
@@ -47,12 +47,19 @@ def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
     return trace_id, parent_id, flags
 
 
-def new_trace_id() -> str:
-    return f"{_bits(128) or 1:032x}"
+def new_ids() -> tuple[str, str]:
+    """A new trace id and span id (random, never all zeros)."""
+    both = _randbytes(24).hex()
+    trace_id, span_id = both[:32], both[32:]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return new_ids()
+    return trace_id, span_id
 
 
 def new_span_id() -> str:
-    return f"{_bits(64) or 1:016x}"
+    """A new span id (random, never all zeros)."""
+    span_id = _randbytes(8).hex()
+    return span_id if span_id != _ZERO_SPAN else new_span_id()
 
 
 def traceparent_line(trace_id: str, span_id: str, flags: str) -> bytes:

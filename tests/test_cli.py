@@ -128,7 +128,7 @@ class TestKeysCreate:
         [
             (["--allow-ip", "10.0.0.0/33"], "allowed_ips"),
             (["--rate-limit", "lots"], "rate_limit"),
-            (["--expires-at", "2001-01-01T25:00:00Z"], "expires_at"),
+            (["--expires-at", "2001-01-01T00:00:00Z"], "expires_at"),
             (["--expires-in", "1d", "--expires-at", "2099-01-01T00:00:00Z"], "not both"),
         ],
     )

@@ -42,14 +42,14 @@ ALLOWED_IP = (
 )
 # "/path/glob" or "METHOD /path/glob": * within a segment, ** a whole segment.
 _SEG = rf"(?:\*\*|\*(?:[^/*{WS}]+\*)*[^/*{WS}]*|[^/*{WS}]+(?:\*[^/*{WS}]+)*\*?)"
-ALLOWED_ENDPOINT = (
-    r"(?:(?:GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|TRACE|CONNECT) )?"
-    rf"/(?:{_SEG}(?:/{_SEG})*/?)?"
-)
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+_METHOD = "|".join("".join(f"[{c}{c.lower()}]" for c in m) for m in _METHODS)  # any case
+ALLOWED_ENDPOINT = rf"(?:(?:{_METHOD}) )?/(?:{_SEG}(?:/{_SEG})*/?)?"
 _LABEL = r"[a-zA-Z0-9][a-zA-Z0-9-]{0,62}"
-# An http(s) URL pattern (* any rest), or a host or *.host, with an optional port.
+# An http(s) URL pattern (* any rest; no line break, no space at either end), or a host
+# or *.host, with an optional port.
 ALLOWED_REFERRER = (
-    rf"[hH][tT][tT][pP][sS]?://[^{WS}]*"
+    rf"[hH][tT][tT][pP][sS]?://(?:[^{WS}](?:[^\n\r\u2028\u2029]*[^{WS}])?)?"
     rf"|(?:\*\.)?{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?"
 )
 

@@ -249,7 +249,9 @@ def _expires_at(value: Any) -> str | None:
     except (ValueError, OverflowError):
         raise InvalidRequest(f"{value!r} is not an ISO 8601 date-time", "expires_at") from None
     assert moment is not None
-    return isoformat(moment)  # a time already past: the key is expired from the start
+    if moment <= utcnow():
+        raise InvalidRequest("expires_at must be in the future", "expires_at")
+    return isoformat(moment)
 
 
 def expires_in(duration: str) -> str:

@@ -119,7 +119,11 @@ def _key_fields(*, create: bool) -> dict[str, Any]:
             **_nullable(RATE_LIMIT),
             "description": "Replaces the plan's limit for this key.",
         },
-        "expires_at": {**_nullable(TIMESTAMP), "description": "null: never expires."},
+        "expires_at": {
+            **_nullable(TIMESTAMP),
+            "examples": ["2099-01-01T00:00:00Z"],
+            "description": "After now (else 400); null: never expires.",
+        },
         "expires_in": {**EXPIRY, "description": "Instead of expires_at: a duration from now."},
     }
     if not create:

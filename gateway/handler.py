@@ -41,6 +41,7 @@ from .proxy.forward import (
     ClientGone,
     Exchange,
     PayloadTooLarge,
+    StreamCut,
     UpstreamBrokeOff,
     UpstreamFailure,
     forward,
@@ -401,6 +402,9 @@ class PublicHandler:
                 rt.access_log.mask(ctx.request_id),
             )  # the path is not logged: it may hold a key
             return broken.response
+        except StreamCut as cut:  # the gateway's own doing: the upstream is not at fault
+            ctx.code = cut.code
+            return cut.response
         finally:
             ctx.upstream_duration = time.perf_counter() - sent_at
             if exchange.body == "chunked":

@@ -32,7 +32,7 @@ from aiohttp import web
 from .app import GatewayApp, create_admin_app
 from .compat.aiohttp import GatewayConnection
 from .config.schema import Config
-from .proxy.streams import GOING_AWAY
+from .proxy.streams import GOING_AWAY, SHUTTING_DOWN
 from .proxy.websocket import WebSocketRelay
 
 log = logging.getLogger("gateway")
@@ -58,7 +58,7 @@ async def drain(gateway: GatewayApp, timeout: float, cut_short: asyncio.Event | 
     """Stop accepting and let in-flight requests finish; the number still running after ``timeout``."""
     await gateway.stop_listening()
     # Open WebSockets never end by themselves: close code 1001, "going away".
-    gateway.runtime.streams.close_all(GOING_AWAY, "the gateway is shutting down", WebSocketRelay)
+    gateway.runtime.streams.close_all(GOING_AWAY, SHUTTING_DOWN, WebSocketRelay)
     await asyncio.sleep(0)  # let connections accepted just before start their request
     server = gateway.server
     if server is None:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import redis.asyncio as aioredis
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from realparts import RedisServer, free_port
 
 from gateway.app import GatewayApp
 from gateway.config import Config, parse_config
@@ -37,7 +37,6 @@ from gateway.keys.service import CLI, KeyService
 from gateway.keys.store import KeyStore
 from gateway.runtime import Runtime
 from gateway.store.connection import StoreHandle
-from gateway.store.embedded import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_PREFIX = f"gwtest:{uuid.uuid4().hex[:8]}:"
@@ -53,12 +52,6 @@ def unique_key_prefix() -> str:
 OUTPUT = ROOT / "test-output"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
@@ -66,7 +59,7 @@ def redis_url() -> Iterator[str]:
         yield url
         return
     with tempfile.TemporaryDirectory(prefix="gw-redis-", dir="/tmp") as tmp:
-        server = EmbeddedRedis(tmp).start()
+        server = RedisServer.plain(Path(tmp)).start()
         try:
             yield server.url
         finally:

@@ -1,5 +1,5 @@
-"""Real faults for tests: a redis-server that can be stopped, paused and restarted,
-an upstream that misbehaves on purpose, and a raw-socket HTTP client.
+"""Real faults for tests (a store that fails is ``realparts.RedisServer``, stopped,
+paused and killed): an upstream that misbehaves on purpose, and a raw-socket HTTP client.
 """
 
 from __future__ import annotations
@@ -7,94 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import redis
-
-from gateway.store.embedded import redis_server_binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisProcess:
-    """A redis-server on a loopback port of its own, persisting every write (appendfsync always)."""
-
-    def __init__(self, data_dir: Path, port: int | None = None):
-        self.data_dir = Path(data_dir)
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> RedisProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.data_dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--logfile",
-                str(self.data_dir / "redis.log"),
-            ],  # fmt: skip
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, redis.RedisError):
-                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
-                    return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        """SIGTERM and wait: the port refuses connections from then on."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def pause(self) -> None:
-        """SIGSTOP: connections are accepted by the kernel, nothing answers (a hung store)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
 
 # -- a misbehaving upstream -----------------------------------------------------
 
@@ -337,12 +255,3 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 1
             exc.read(),
             time.monotonic() - started,
         )
-
-
-@contextlib.contextmanager
-def redis_process(data_dir: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(data_dir).start()
-    try:
-        yield server
-    finally:
-        server.stop()

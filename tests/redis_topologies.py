@@ -15,127 +15,27 @@ from __future__ import annotations
 
 import atexit
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
+from realparts import RedisServer, binary, free_port, wait_for
 
 MASTER_NAME = "gwmaster"
 _started: dict[str, Any] = {}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (scripts/system-deps.sh installs it)")
-    return path
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (redis.RedisError, OSError) as exc:
-            last = exc
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} not within {timeout}s ({last})")
-
-
-class RedisProcess:
-    """One ``redis-server`` (or sentinel) process: started, killed, restarted by PID."""
-
-    def __init__(self, name: str, workdir: Path, port: int, args: list[str]):
-        self.name = name
-        self.workdir = workdir
-        self.port = port
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
-
-    def client(self, **kwargs: Any) -> redis.Redis:
-        return redis.Redis(
-            host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True, **kwargs
-        )
-
-    def start(self) -> RedisProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.args, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
-            )
-
-        def answers() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.log_path.read_text()[-2000:]}")
-            with self.client() as c:
-                return bool(c.ping())
-
-        wait_for(answers, 10, f"{self.name} answering on {self.port}")
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: the way a crashed or partitioned server disappears."""
-        if self.alive:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if not self.alive:
-            return
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _server(name: str, workdir: Path, port: int, *extra: str) -> RedisProcess:
-    args = [
-        _binary("redis-server"),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(workdir),
-        *extra,
-    ]  # fmt: skip
-    return RedisProcess(name, workdir, port, args)
+def _server(name: str, workdir: Path, *extra: str) -> RedisServer:
+    return RedisServer.plain(workdir, *extra, name=name)
 
 
 class _Topology:
     workdir: Path
-    processes: list[RedisProcess]
+    processes: list[RedisServer]
 
     def stop(self) -> None:
         for process in self.processes:
@@ -157,7 +57,7 @@ class Certificates:
 
 def make_certificates(directory: Path) -> Certificates:
     """A CA, a server certificate for 127.0.0.1 / localhost and a client certificate."""
-    openssl = _binary("openssl")
+    openssl = binary("openssl")
     curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
     def run(*args: str) -> None:
@@ -185,10 +85,10 @@ def make_certificates(directory: Path) -> Certificates:
 @dataclass
 class Single(_Topology):
     workdir: Path
-    server: RedisProcess
+    server: RedisServer
     tls_port: int
     certs: Certificates
-    processes: list[RedisProcess] = field(default_factory=list)
+    processes: list[RedisServer] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -214,7 +114,7 @@ def start_single() -> Single:
     certs = make_certificates(workdir)
     tls_port = free_port()
     server = _server(
-        "single", workdir, free_port(),
+        "single", workdir,
         "--unixsocket", str(workdir / "redis.sock"), "--unixsocketperm", "700",
         "--tls-port", str(tls_port),
         "--tls-cert-file", str(certs.server_cert),
@@ -231,7 +131,7 @@ def start_single() -> Single:
 @dataclass
 class Cluster(_Topology):
     workdir: Path
-    processes: list[RedisProcess]
+    processes: list[RedisServer]
 
     @property
     def nodes(self) -> list[str]:
@@ -243,16 +143,14 @@ def start_cluster(masters: int = 3) -> Cluster:
     processes = []
     try:
         for i in range(masters):
-            port = free_port()
             processes.append(
                 _server(
                     f"cluster{i}",
                     workdir,
-                    port,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
-                    str(workdir / f"nodes-{port}.conf"),
+                    str(workdir / f"nodes-{i}.conf"),
                     "--cluster-port",
                     str(free_port()),
                     "--cluster-node-timeout",
@@ -260,7 +158,7 @@ def start_cluster(masters: int = 3) -> Cluster:
                 ).start()  # fmt: skip
             )
         subprocess.run(
-            [_binary("redis-cli"), "--cluster", "create", *[p.address for p in processes],
+            [binary("redis-cli"), "--cluster", "create", *[p.address for p in processes],
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
@@ -287,17 +185,17 @@ def start_cluster(masters: int = 3) -> Cluster:
 @dataclass
 class SentinelSet(_Topology):
     workdir: Path
-    master: RedisProcess
-    replica: RedisProcess
-    sentinels: list[RedisProcess]
-    processes: list[RedisProcess]
+    master: RedisServer
+    replica: RedisServer
+    sentinels: list[RedisServer]
+    processes: list[RedisServer]
     master_name: str = MASTER_NAME
 
     @property
     def nodes(self) -> list[str]:
         return [s.address for s in self.sentinels]
 
-    def current_master(self) -> RedisProcess:
+    def current_master(self) -> RedisServer:
         with self.sentinels[0].client() as c:
             host, port = c.sentinel_get_master_addr_by_name(self.master_name)
         return next(p for p in (self.master, self.replica) if p.port == int(port))
@@ -323,46 +221,42 @@ class SentinelSet(_Topology):
 
         wait_for(healthy, timeout, "the Sentinel set healthy")
 
-    def restart(self, process: RedisProcess) -> None:
+    def restart(self, process: RedisServer) -> None:
         """Start a killed server again, as a replica of the current master."""
         master = self.current_master()
-        args = process.args
-        if "--replicaof" in args:
-            at = args.index("--replicaof")
-            args = args[:at] + args[at + 3 :]
-        process.args = [*args, "--replicaof", "127.0.0.1", str(master.port)]
+        process.extra = ["--replicaof", "127.0.0.1", str(master.port)]
         process.start()
         self.wait_healthy()
 
 
 def start_sentinel() -> SentinelSet:
     workdir = Path(tempfile.mkdtemp(prefix="gw-sentinel-", dir="/tmp"))
-    processes: list[RedisProcess] = []
+    processes: list[RedisServer] = []
     try:
-        master = _server("master", workdir, free_port()).start()
+        master = _server("master", workdir).start()
         processes.append(master)
-        replica = _server(
-            "replica", workdir, free_port(), "--replicaof", "127.0.0.1", str(master.port)
-        ).start()
+        replica = _server("replica", workdir)
+        replica.extra = ["--replicaof", "127.0.0.1", str(master.port)]
+        replica.start()
         processes.append(replica)
         sentinel_binary = shutil.which("redis-sentinel")
         sentinels = []
         for i in range(3):
-            port = free_port()
             conf = workdir / f"sentinel{i}.conf"
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
-                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master.port} 2\n"
-                f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
-                f"sentinel failover-timeout {MASTER_NAME} 5000\n"
-                f"sentinel parallel-syncs {MASTER_NAME} 1\n"
-            )
-            args = (
-                [sentinel_binary, str(conf)]
-                if sentinel_binary
-                else [_binary("redis-server"), str(conf), "--sentinel"]
-            )
-            sentinel = RedisProcess(f"sentinel{i}", workdir, port, args).start()
+
+            def args(port: int, conf: Path = conf) -> list[str]:
+                conf.write_text(
+                    f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                    f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master.port} 2\n"
+                    f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+                    f"sentinel failover-timeout {MASTER_NAME} 5000\n"
+                    f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+                )
+                if sentinel_binary:
+                    return [sentinel_binary, str(conf)]
+                return [binary("redis-server"), str(conf), "--sentinel"]
+
+            sentinel = RedisServer(f"sentinel{i}", workdir, args).start()
             processes.append(sentinel)
             sentinels.append(sentinel)
         group = SentinelSet(workdir, master, replica, sentinels, processes)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from faultkit import RedisProcess
+from realparts import RedisServer
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -148,8 +148,8 @@ def test_sentinel_master_pool_takes_the_same_seam(ssl: bool) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path / "redis").start()
+def store(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer.plain(tmp_path / "redis", persist=True).start()
     try:
         yield server
     finally:
@@ -193,7 +193,7 @@ async def wait_until_up(client: aioredis.Redis, health: StoreHealth, within: flo
 
 @pytest.mark.integration
 async def test_refused_connection_fails_fast_during_the_hold_then_recovers(
-    store: RedisProcess,
+    store: RedisServer,
 ) -> None:
     health = StoreHealth(hold=0.5, probe_timeout=2.0)
     client = client_for(store.url, health)
@@ -238,7 +238,7 @@ async def test_refused_connection_fails_fast_during_the_hold_then_recovers(
 
 
 @pytest.mark.integration
-async def test_hung_store_costs_one_timeout_then_fails_fast(store: RedisProcess) -> None:
+async def test_hung_store_costs_one_timeout_then_fails_fast(store: RedisServer) -> None:
     health = StoreHealth(hold=0.5, probe_timeout=2.0)
     client = client_for(store.url, health, socket_timeout=0.3)
     try:

@@ -14,18 +14,17 @@ import contextlib
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import free_port, new_account, new_key, upstream_url
+from conftest import new_account, new_key, upstream_url
 from multidict import CIMultiDict
+from realparts import ServiceProcess
 
 from gateway.keys.format import checksum
 
@@ -823,41 +822,19 @@ def httpbin_url() -> Iterator[str]:
     """httpbin (Flask) served by werkzeug as a separate process on 127.0.0.1."""
     if importlib.util.find_spec("httpbin") is None:
         pytest.fail("httpbin is not installed: run scripts/setup.sh (the test extra holds it)")
-    port = free_port()
     code = (
         "import sys\n"
         "from werkzeug.serving import run_simple\n"
         "from httpbin import app\n"
         "run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=True)\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = ServiceProcess(
+        "httpbin", lambda port: [sys.executable, "-c", code, str(port)], ready_path="/get"
+    ).start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                assert proc.stderr is not None
-                pytest.fail(f"httpbin exited: {proc.stderr.read().decode(errors='replace')}")
-            try:
-                with urllib.request.urlopen(url + "/get", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("httpbin did not answer within 20s")
-                time.sleep(0.1)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.close()
 
 
 @pytest.fixture

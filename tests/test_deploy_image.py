@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, free_port
+from realparts import RedisServer
 
 from gateway.config.loader import parse_config
-from gateway.store.embedded import redis_server_binary
 
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 # What the python:3.11-slim images set, for ENV lines that extend it.
@@ -286,20 +286,13 @@ def image_root() -> Iterator[ImageRoot]:
 
 
 @pytest.fixture
-def redis_tcp() -> Iterator[str]:
+def redis_tcp(tmp_path: Path) -> Iterator[str]:
     """A Redis of this test's own on a loopback TCP port (the image's user can reach it)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = RedisServer.plain(tmp_path / "redis").start()
     try:
-        wait_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

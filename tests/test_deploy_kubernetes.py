@@ -125,7 +125,7 @@ def kustomize_binary() -> list[str] | None:
 def test_the_renderer_agrees_with_kustomize(name):
     command = kustomize_binary()
     if command is None:
-        pytest.skip("environment: no kustomize or kubectl binary to compare the renderer with")
+        pytest.fail("no kustomize or kubectl to compare the renderer with: install one")
     out = subprocess.run(
         [*command, str(K8S / "overlays" / name)], capture_output=True, text=True, timeout=60
     )

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from conftest import bearer, new_account, new_key, service_for, upstream_url
-from faultkit import RedisProcess
+from realparts import RedisServer
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -33,7 +33,7 @@ MALFORMED = "sk_live_" + "A" * 38  # fails the checksum: refused without the sto
 
 @pytest.fixture
 async def store(tmp_path):
-    server = RedisProcess(tmp_path / "redis").start()
+    server = RedisServer.plain(tmp_path / "redis", persist=True).start()
     yield server
     server.stop()
 

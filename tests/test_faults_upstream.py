@@ -11,8 +11,6 @@ upstream for its cool-down, answering 503 at once.
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import sys
 import time
 from typing import Any
@@ -20,7 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import bearer, new_account, new_key, service_for
-from faultkit import FaultUpstream, free_port
+from faultkit import FaultUpstream
+from realparts import ServiceProcess, free_port
 
 from gateway.config import parse_config
 
@@ -54,29 +53,19 @@ async def get(http: aiohttp.ClientSession, url: str, secret: str, **kw: Any):
         return resp.status, body, resp.headers, time.monotonic() - started
 
 
-def start_demo_upstream(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.demo.upstream", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def demo_upstream() -> ServiceProcess:
+    """The demo upstream as a process of its own, to be killed."""
+    return ServiceProcess(
+        "demo-upstream",
+        lambda port: [sys.executable, "-m", "gateway.demo.upstream", "--port", str(port)],
+        ready_path="/anything",
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("demo upstream did not start")
 
 
 async def test_killed_upstream_answers_502_upstream_unavailable(proxy, http):
-    port = free_port()
-    upstream = await asyncio.to_thread(start_demo_upstream, port)
+    upstream = await asyncio.to_thread(demo_upstream().start)
     try:
-        gw, service = await proxy(
-            [{"name": "api", "match": "/api", "upstream": f"http://127.0.0.1:{port}"}]
+        gw, service = await proxy([{"name": "api", "match": "/api", "upstream": upstream.url}]
         )
         _, secret = await new_key(service, await new_account(service))
         # Keep-alive: the gateway's pool now holds a connection to the upstream.
@@ -85,7 +74,6 @@ async def test_killed_upstream_answers_502_upstream_unavailable(proxy, http):
                 async with keepalive.get(gw.url + "/api/x", headers=bearer(secret)) as resp:
                     assert resp.status == 200
         upstream.kill()
-        upstream.wait()
         for method in ("GET", "POST"):
             started = time.monotonic()
             async with http.request(
@@ -100,8 +88,7 @@ async def test_killed_upstream_answers_502_upstream_unavailable(proxy, http):
             assert body["error"]["type"] == "api_error"
             assert time.monotonic() - started < 1.0
     finally:
-        upstream.kill()
-        upstream.wait()
+        upstream.close()
 
 
 async def test_reset_mid_response_closes_the_client_connection(proxy, fault_upstream, http):

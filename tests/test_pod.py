@@ -34,10 +34,9 @@ from typing import Any
 
 import pytest
 import yaml
+from realparts import RedisServer
 from test_deploy_image import image_root, parse_dockerfile  # noqa: F401 - image_root is a fixture
 from test_deploy_kubernetes import K8S, config_of, container_env, find, prestop_seconds, render
-
-from gateway.store.embedded import redis_server_binary
 
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -60,11 +59,9 @@ class PodNetwork:
         try:
             run("ip", "netns", "add", self.name)
         except FileNotFoundError:
-            pytest.skip("environment: no `ip` command (Debian package iproute2)")
+            pytest.fail("no `ip` command: scripts/system-deps.sh installs iproute2")
         except subprocess.CalledProcessError as exc:
-            pytest.skip(
-                f"environment: cannot create a network namespace here: {exc.stderr.strip()}"
-            )
+            pytest.fail(f"cannot create a network namespace here: {exc.stderr.strip()}")
         try:
             run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.pod_if)
             run("ip", "link", "set", self.pod_if, "netns", self.name)
@@ -97,7 +94,7 @@ class PodNetwork:
 @pytest.fixture
 def pod_network() -> Iterator[PodNetwork]:
     if os.geteuid() != 0:
-        pytest.skip("environment: network namespaces need root (CAP_NET_ADMIN)")
+        pytest.fail("the pod test needs root (CAP_NET_ADMIN) for its network namespace")
     network = PodNetwork().create()
     try:
         yield network
@@ -191,19 +188,15 @@ class Pod:
 
 
 @pytest.fixture
-def host_redis(pod_network: PodNetwork) -> Iterator[str]:
+def host_redis(pod_network: PodNetwork, tmp_path: Path) -> Iterator[str]:
     """The Redis the pod's Secret names, on the node's end of the veth (outside the pod)."""
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--bind", pod_network.host_ip, "--port", "6379", "--save", "",
-         "--appendonly", "no", "--protected-mode", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = RedisServer.plain(
+        tmp_path / "redis", "--protected-mode", "no", host=pod_network.host_ip, port=6379
+    ).start()
     try:
-        wait_connect(pod_network.host_ip, 6379, proc)
-        yield f"redis://{pod_network.host_ip}:6379/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 def wait_connect(

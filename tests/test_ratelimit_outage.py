@@ -7,75 +7,24 @@ it (SIGKILL: no goodbye) while the gateway serves, then starts it again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
 import redis
-from conftest import bearer, free_port, new_account, new_key, service_for, upstream_url
+from conftest import bearer, new_account, new_key, service_for, upstream_url
+from realparts import RedisServer
 
 from gateway.config import parse_config
-from gateway.store.embedded import redis_server_binary
 
 pytestmark = pytest.mark.integration
 
 
-class OwnRedis:
-    """A redis-server of the test's own on one loopback port, killed and restarted.
-
-    Every write is on disk before it is acknowledged, so keys survive the kill.
-    """
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> OwnRedis:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.workdir),
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.RedisError):
-                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
-                    return self
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 def own_redis(tmp_path):
-    server = OwnRedis(tmp_path / "redis").start()
+    """A redis-server of the test's own, killed and restarted; every write is on disk
+    before it is acknowledged, so keys survive the kill."""
+    server = RedisServer.plain(tmp_path / "redis", persist=True).start()
     yield server
     server.kill()
 

@@ -121,7 +121,7 @@ async def test_a_revoked_key_closes_its_sockets_with_1008_within_a_second(gw, ht
 
 
 async def test_a_revocation_on_another_replica_cuts_sockets_and_streams_here(
-    base_config, ws_upstream, upstream, http, redis_client
+    base_config, ws_upstream, upstream, http, redis_client, caplog
 ):
     config = base_config(
         routes=[
@@ -157,6 +157,14 @@ async def test_a_revocation_on_another_replica_cuts_sockets_and_streams_here(
         assert time.monotonic() - started < 1.5
         stream.close()
         await ws.close()
+        # the gateway cut the stream: not an upstream failure, no warning, no breaker count
+        errors = here.runtime.metrics.registry.get_sample_value(
+            "gateway_upstream_errors_total", {"route": "sse", "kind": "broken"}
+        )
+        assert errors is None
+        assert not [r for r in caplog.records if "broke off" in r.getMessage()]
+        async with http.get(here.url + "/sse/stream?count=1", headers=bearer(secret)) as resp:
+            assert resp.status == 401  # and the key itself is refused from now on
 
 
 async def test_other_upgrades_and_routes_without_websocket_go_as_plain_http(gw, http, key):

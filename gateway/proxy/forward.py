@@ -20,7 +20,7 @@ from aiohttp import web
 from ..compat.aiohttp import GatewayConnection, VerbatimBody, VerbatimResponse
 from ..denials import Denial
 from .headers import response_headers
-from .streams import OpenStreams
+from .streams import OpenStreams, cut_code
 from .upstream import Origin, Response, UpstreamConnection, UpstreamError, UpstreamPool
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -58,6 +58,17 @@ class UpstreamBrokeOff(Exception):
     def __init__(self, response: web.StreamResponse):
         super().__init__("upstream broke off the response")
         self.response = response
+
+
+class StreamCut(Exception):
+    """A streamed response was cut by the gateway (its key was revoked or expired, or
+    the gateway is shutting down), not by the upstream; ``code`` names why for the
+    access log. The client connection has been closed."""
+
+    def __init__(self, response: web.StreamResponse, code: str):
+        super().__init__(code)
+        self.response = response
+        self.code = code
 
 
 _UNAVAILABLE = Denial("upstream_unavailable")
@@ -233,13 +244,15 @@ async def _send_body(
 class _StreamCut:
     """A streamed answer in flight: cut by closing both connections (the key was revoked)."""
 
-    __slots__ = ("request", "upstream")
+    __slots__ = ("request", "upstream", "why")
 
     def __init__(self, request: web.BaseRequest, upstream: UpstreamConnection):
         self.request = request
         self.upstream = upstream
+        self.why: str | None = None  # set once cut: the access log's code
 
     def cut(self, code: int, reason: str) -> None:
+        self.why = cut_code(reason)
         self.upstream.abandon(UpstreamError("error", reason))
         if self.request.transport is not None:
             self.request.transport.abort()
@@ -295,10 +308,14 @@ async def _respond(
     except UpstreamError as exc:
         if request.transport is not None:
             request.transport.abort()
+        if handle.why is not None:
+            raise StreamCut(answer, handle.why) from None
         raise UpstreamBrokeOff(answer) from exc
     except ConnectionError:
         upstream.reusable = False
-        return answer  # the client went away (or was cut): nothing more to send
+        if handle.why is not None:
+            raise StreamCut(answer, handle.why) from None
+        return answer  # the client went away: nothing more to send
     finally:
         if streams is not None:
             streams.discard(handle, exchange.key_hash)

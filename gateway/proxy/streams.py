@@ -25,6 +25,16 @@ EXPIRY_CHECK = 0.25  # seconds between two looks for keys that expired with stre
 POLICY_VIOLATION = 1008  # RFC 6455: the key no longer allows this connection
 GOING_AWAY = 1001
 
+REVOKED = "the API key has been revoked"
+EXPIRED = "the API key has expired"
+SHUTTING_DOWN = "the gateway is shutting down"
+_CUT_CODES = {REVOKED: "revoked_api_key", EXPIRED: "expired_api_key"}
+
+
+def cut_code(reason: str) -> str:
+    """The access log's code for a connection cut for ``reason``."""
+    return _CUT_CODES.get(reason, "shutting_down")
+
 
 class Cuttable(Protocol):
     def cut(self, code: int, reason: str) -> None: ...
@@ -89,9 +99,9 @@ class OpenStreams:
             log.warning("could not read a changed key with open streams: %s", exc)
             return
         if key is None or key.revoked:
-            self.cut(key_hash, "the API key has been revoked")
+            self.cut(key_hash, REVOKED)
         elif key.expires_at is not None and key.expires_at <= self._clock():
-            self.cut(key_hash, "the API key has expired")
+            self.cut(key_hash, EXPIRED)
 
     def cut(self, key_hash: str, reason: str, code: int = POLICY_VIOLATION) -> int:
         streams = self._by_hash.pop(key_hash, {})
@@ -110,7 +120,7 @@ class OpenStreams:
             if not expiries:
                 continue
             if min(expiries) <= now:
-                self.cut(key_hash, "the API key has expired")
+                self.cut(key_hash, EXPIRED)
             else:
                 waiting = True
         if waiting:
@@ -119,7 +129,7 @@ class OpenStreams:
     def close_all(
         self,
         code: int = GOING_AWAY,
-        reason: str = "the gateway is shutting down",
+        reason: str = SHUTTING_DOWN,
         only: type | None = None,
     ) -> int:
         """Cut every open stream (or those of type ``only``); how many."""

@@ -74,10 +74,12 @@ class WebSocketRelay:
         self._clock = clock
         self._last = clock()
         self._closing: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         to_upstream = asyncio.ensure_future(self._pump(self.client, self.upstream))
         to_client = asyncio.ensure_future(self._pump(self.upstream, self.client))
+        self._watch_idle()
         try:
             done, pending = await asyncio.wait(
                 {to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED
@@ -87,6 +89,8 @@ class WebSocketRelay:
                 # close on, with its code; let it finish.
                 await asyncio.wait(pending, timeout=CLOSE_GRACE)
         finally:
+            if self._idle is not None:
+                self._idle.cancel()
             for task in (to_upstream, to_client):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -96,16 +100,24 @@ class WebSocketRelay:
                     await self._closing
             await self._close_both(GOING_AWAY, b"")
 
+    def _watch_idle(self) -> None:
+        """One timer per connection, not one per message: it wakes when the connection
+        would have been silent for the idle timeout, and either closes it or sleeps on
+        to the new deadline."""
+        self._idle = None
+        silent = self._clock() - self._last
+        if silent >= self.idle_timeout:
+            self.cut(GOING_AWAY, "idle timeout")
+            return
+        self._idle = asyncio.get_running_loop().call_later(
+            self.idle_timeout - silent, self._watch_idle
+        )
+
     async def _pump(self, source, sink) -> object:
+        clock = self._clock
         while True:
-            try:
-                message = await source.receive(timeout=self.idle_timeout)
-            except TimeoutError:
-                if self._clock() - self._last >= self.idle_timeout:
-                    await self._close_both(GOING_AWAY, b"idle timeout")
-                    return None
-                continue  # the other direction was not silent
-            self._last = self._clock()
+            message = await source.receive()
+            self._last = clock()
             kind = message.type
             if kind == aiohttp.WSMsgType.TEXT:
                 await sink.send_str(message.data)

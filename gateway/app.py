@@ -18,6 +18,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from . import __version__
 from .alerts.detectors import AlertDetector
 from .compat.aiohttp import GatewayServer
 from .config.schema import Config
@@ -42,6 +43,7 @@ from .store.connection import StoreHandle, open_store
 from .store.health import StoreMonitor
 from .telemetry.accesslog import AccessLog
 from .telemetry.metrics import Metrics
+from .telemetry.tracing import Tracer
 from .usage import UsageRecorder
 
 log = logging.getLogger("gateway")
@@ -145,6 +147,9 @@ class GatewayApp:
             worker=self._worker,
         )
         holder.append(runtime)
+        if config.tracing.otlp_endpoint is not None:
+            runtime.tracer = runtime.pipeline.tracer = Tracer(config.tracing, __version__)
+            stack.callback(runtime.tracer.shutdown)  # last: what the closing requests sent
         metrics.watch_cache(lambda: (cache.hits, cache.misses, cache.stale_served, len(cache)))
         health = handle.health
         monitor = StoreMonitor(

@@ -24,6 +24,7 @@ from .keys.service import CLI, InvalidRequest, KeyService, OperationError, expir
 from .keys.store import KeyStore
 from .store.connection import StoreHandle, StoreUnavailable, open_store
 from .store.embedded import EmbeddedStoreError
+from .telemetry.logs import configure_logging
 
 
 class Refused(Exception):
@@ -108,6 +109,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
+    if config.logging.format != "text":
+        configure_logging(config.logging.format)
     workers = args.workers or config.server.workers
     from .server import install_uvloop, serve
 

@@ -30,6 +30,9 @@ FAULTS: dict[str, Fault] = {
     "invalid_request": Fault(400, "invalid_request_error", "The request is invalid"),
     "route_not_found": Fault(404, "invalid_request_error", "No route matches this path"),
     "resource_not_found": Fault(404, "invalid_request_error", "No such resource"),
+    "key_not_active": Fault(
+        409, "invalid_request_error", "The key is revoked or expired: it cannot be changed"
+    ),
     "method_not_allowed": Fault(
         405, "invalid_request_error", "This method is not allowed on this route"
     ),

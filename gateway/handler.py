@@ -21,7 +21,7 @@ from aiohttp import web
 from .checks.cors import CorsPolicy, is_preflight
 from .checks.head import head_denial
 from .checks.https import is_https
-from .checks.ip import in_networks, parse_ip
+from .checks.ip import client_ip, in_networks, parse_ip
 from .checks.route import ROUTE_NOT_FOUND, method_denial, size_denial, too_large
 from .checks.target import TargetError, split_target, strict_target, target_denial
 from .compat.aiohttp import (
@@ -55,6 +55,8 @@ from .proxy.websocket import (
 )
 from .routing import Route
 from .runtime import Runtime, Snapshot
+from .telemetry.logs import request_id as current_request_id
+from .telemetry.tracing import new_ids, new_span_id, parse_traceparent
 
 log = logging.getLogger("gateway.handler")
 
@@ -102,9 +104,12 @@ class PublicHandler:
             connection = None
         rt = self.runtime
         snapshot = rt.snapshot
+        headers = request.headers
         ctx = RequestContext(
-            rt.request_ids.of(request.headers.get("X-Request-Id")), request.method, request.remote
+            rt.request_ids.of(headers.get("X-Request-Id")), request.method, request.remote
         )
+        self.trace(ctx, headers.get("traceparent"), headers)
+        logged_as = current_request_id.set(ctx.request_id)  # for the log lines it causes
         route_name = "-"
         try:
             denial = self.front(request, ctx, snapshot)
@@ -136,24 +141,65 @@ class PublicHandler:
                 rt.access_log.mask(ctx.request_id),
             )
             response = self.refuse(INTERNAL, ctx)
+        except BaseException:  # cancelled: the client went away
+            if ctx.span is not None:
+                rt.tracer.end_server(
+                    ctx.span,
+                    method=ctx.method,
+                    path=rt.access_log.mask(ctx.path),
+                    status=None,
+                    route=route_name,
+                    key_id=ctx.key_id,
+                    code="client_closed",
+                )
+            raise
         finally:
             if connection is not None:
                 connection.request_ended()
         if ctx.cors is not None and not response.prepared:
             response.headers.update(ctx.cors)  # errors too, so the page's script can read why
-        self.observe(request, ctx, response.status, route_name, started)
+        self.observe(request, ctx, response, route_name, started)
+        current_request_id.reset(logged_as)
         if connection is not None and connection.draining:
             response.force_close()
         return response
 
+    def trace(self, ctx: RequestContext, traceparent: str | None, headers) -> None:
+        """Continue the client's trace, else start one; with a tracer, open the server span."""
+        parent = parse_traceparent(traceparent) if traceparent else None
+        tracestate = None
+        if parent is not None:
+            tracestate = ",".join(headers.getall("tracestate", ())) or None
+            if tracestate is not None and not tracestate.isascii():
+                tracestate = None
+            ctx.tracestate = tracestate
+        tracer = self.runtime.tracer
+        if tracer is None:
+            if parent is None:
+                ctx.trace_id, ctx.span_id = new_ids()
+            else:
+                ctx.trace_id, _, ctx.trace_flags = parent
+                ctx.span_id = new_span_id()
+        else:
+            span, token, ctx.trace_id, ctx.span_id, ctx.trace_flags = tracer.start_server(
+                ctx.method, parent, tracestate
+            )
+            ctx.span = (span, token)
+
     def observe(
-        self, request: web.BaseRequest, ctx: RequestContext, status: int, route: str, started: float
+        self,
+        request: web.BaseRequest,
+        ctx: RequestContext,
+        response: web.StreamResponse,
+        route: str,
+        started: float,
     ) -> None:
         rt = self.runtime
         now = time.perf_counter()
         duration = now - started  # the whole exchange, for the access log
         headers_at = ctx.headers_at
         code = ctx.code
+        status = response.status
         rt.metrics.observe(
             route,
             code,
@@ -161,19 +207,60 @@ class PublicHandler:
             (headers_at if headers_at is not None else now) - started,  # to the response head
             ctx.upstream_seconds,
         )
+        principal = ctx.principal
+        key_id = principal.key.id if principal is not None else ctx.key_id
         if rt.snapshot.config.server.access_log:
-            principal = ctx.principal
+            client = ctx.client_address
+            if client is None:
+                client = self.client_address(request, ctx) if ctx.peer_trusted else ctx.peer
+            body_in = ctx.request_body_size
+            if body_in is None:
+                body_in = request.content_length if request.body_exists else 0
+            body_out = ctx.response_body_size
+            if body_out is None:
+                if ctx.method == "HEAD" or status in (101, 204, 304):
+                    body_out = 0
+                else:
+                    body_out = response.content_length
             rt.access_log.write(
-                method=request.method,
+                method=ctx.method,
                 path=ctx.path,
                 status=status,
                 duration=duration,
+                upstream_duration=ctx.upstream_duration,
                 request_id=rt.access_log.mask(ctx.request_id),  # never a key sent as the id
-                client_ip=ctx.peer,
-                key_id=principal.key.id if principal is not None else ctx.key_id,
+                client_address=client,
+                user_agent=request.headers.get("User-Agent"),
+                request_body_size=body_in,
+                response_body_size=body_out,
+                trace_id=ctx.trace_id,
+                span_id=ctx.span_id,
+                key_id=key_id,
+                account_id=principal.key.record.account_id
+                if principal is not None
+                else ctx.account_id,
                 route=route,
                 code=code,
             )
+        if ctx.span is not None:
+            rt.tracer.end_server(
+                ctx.span,
+                method=ctx.method,
+                path=rt.access_log.mask(ctx.path),
+                status=status,
+                route=route,
+                key_id=key_id,
+                code=code,
+            )
+
+    def client_address(self, request: web.BaseRequest, ctx: RequestContext) -> str | None:
+        """The client IP as SPEC §3 reads it, behind a trusted proxy (None: unreadable)."""
+        address = client_ip(
+            ctx.peer,
+            request.headers.getall("X-Forwarded-For", []),
+            self.runtime.snapshot.trusted_proxies,
+        )
+        return str(address) if address is not None else None
 
     @staticmethod
     def refuse(denial: Denial, ctx: RequestContext) -> web.Response:
@@ -266,6 +353,7 @@ class PublicHandler:
             if isinstance(result, Denial):
                 if attempt.key is not None:
                     ctx.key_id = attempt.key.id
+                    ctx.account_id = attempt.key.record.account_id
                 return self.refuse(result, ctx)
             ctx.principal = principal = result
             identity = result.key.upstream_head
@@ -283,6 +371,13 @@ class PublicHandler:
             return self._with(self.refuse(circuit_open(breaker), ctx), extra)
         if upgrade:
             return await self.websocket(request, ctx, route, principal, protocols, identity, extra)
+        tracer = rt.tracer
+        upstream_span = None
+        if tracer is not None:
+            origin = rt.pool.origin(target.origin)
+            upstream_span, ctx.upstream_span_id = tracer.start_upstream(
+                method, origin.host, origin.port
+            )
         exchange = self.exchange(request, ctx, route, identity, extra, mode)
         if principal is not None:
             exchange.streams = rt.streams
@@ -295,6 +390,8 @@ class PublicHandler:
             and request.transport is not None
         ):
             request.transport.write(CONTINUE)  # only now: the request passed every check
+        response = None
+        sent_at = time.perf_counter()
         try:
             response = await forward(request, connection, rt.pool, exchange)
         except PayloadTooLarge:
@@ -328,6 +425,17 @@ class PublicHandler:
             ctx.upstream_seconds, ctx.headers_at = exchange.upstream_seconds, exchange.headers_at
             ctx.code = cut.code
             return cut.response
+        finally:
+            ctx.upstream_duration = time.perf_counter() - sent_at
+            if exchange.body == "chunked":
+                ctx.request_body_size = exchange.body_sent
+            ctx.response_body_size = exchange.body_relayed
+            if upstream_span is not None:
+                tracer.end_upstream(
+                    upstream_span,
+                    response.status if response is not None else None,
+                    None if response is not None else (ctx.code or "upstream_error"),
+                )
         ctx.upstream_seconds, ctx.headers_at = exchange.upstream_seconds, exchange.headers_at
         if breaker is not None:
             breaker.success()
@@ -365,6 +473,13 @@ class PublicHandler:
         forwarded_host = headers.get("X-Forwarded-Host") if ctx.peer_trusted else None
         proto = "https" if ctx.https else "http"
         origin = self.runtime.pool.origin(target.origin)
+        trace = b"traceparent: 00-%s-%s-%s\r\n" % (
+            ctx.trace_id.encode(),
+            (ctx.upstream_span_id or ctx.span_id).encode(),
+            ctx.trace_flags.encode(),
+        )
+        if ctx.tracestate is not None:
+            trace += b"tracestate: " + ctx.tracestate.encode() + b"\r\n"
         head = upstream_head(
             f"{method} {path} HTTP/1.1\r\n".encode(),
             request.raw_headers,
@@ -376,6 +491,7 @@ class PublicHandler:
             proto=proto.encode(),
             forwarded_host=(forwarded_host or host or "").encode() or None,
             framing=framing,
+            trace=trace,
         )
         client_origin = f"{proto}://{host}".encode() if host else None
         response_extra = {"X-Request-Id": ctx.request_id}
@@ -533,8 +649,9 @@ class PublicHandler:
         else:
             return None
         ctx = RequestContext(self.runtime.request_ids.next(), request.method, request.remote)
+        self.trace(ctx, None, request.headers)
         response = self.refuse(denial, ctx)
-        self.observe(request, ctx, response.status, "-", time.perf_counter())
+        self.observe(request, ctx, response, "-", time.perf_counter())
         return response
 
 

@@ -6,11 +6,12 @@ import re
 from functools import lru_cache
 
 NAMED_LEVELS = ("read", "write", "admin", "webhook")
-_PERMISSION = re.compile(r"^[a-z][a-z0-9_.-]{0,63}(?::(?:[a-z][a-z0-9_.-]{0,63}|\*))?$")
+PERMISSION = r"[a-z][a-z0-9_.-]{0,63}(?::(?:[a-z][a-z0-9_.-]{0,63}|\*))?"
+_PERMISSION = re.compile(PERMISSION)
 
 
 def validate_permission(permission: object) -> str:
-    if not isinstance(permission, str) or not _PERMISSION.match(permission):
+    if not isinstance(permission, str) or not _PERMISSION.fullmatch(permission):
         raise ValueError(
             f"{permission!r} is not a permission (use read, write, admin, webhook, "
             "or resource:action such as users:read or users:*)"

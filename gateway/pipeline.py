@@ -28,6 +28,7 @@ from .store.connection import StoreUnavailable
 
 if TYPE_CHECKING:
     from .ratelimit.limiter import RateLimitDecision
+    from .telemetry.tracing import Tracer
 
 INVALID_KEY = Denial("invalid_api_key")
 IP_NOT_ALLOWED = Denial("ip_not_allowed")
@@ -78,6 +79,17 @@ class RequestContext:
         "cors",
         "headers_at",
         "upstream_seconds",
+        "client_address",
+        "account_id",
+        "trace_id",
+        "span_id",
+        "trace_flags",
+        "tracestate",
+        "span",
+        "upstream_span_id",
+        "upstream_duration",
+        "request_body_size",
+        "response_body_size",
     )
 
     def __init__(self, request_id: str, method: str, peer: str | None):
@@ -98,6 +110,18 @@ class RequestContext:
         # before the handler returns (proxied bodies, WebSockets); else the handler's end
         self.headers_at: float | None = None
         self.upstream_seconds: float | None = None  # to the upstream's response headers
+        self.client_address: str | None = None  # the client IP as SPEC §3 reads it, once read
+        self.account_id: str | None = None  # the identified key's account
+        # W3C trace context: the trace, the gateway's span in it, and what goes upstream
+        self.trace_id = ""
+        self.span_id = ""
+        self.trace_flags = "01"
+        self.tracestate: str | None = None
+        self.span = None  # (span, context token) when spans are recorded
+        self.upstream_span_id: str | None = None  # the upstream's parent, when recorded
+        self.upstream_duration: float | None = None
+        self.request_body_size: int | None = None  # bytes forwarded, for a chunked body
+        self.response_body_size: int | None = None  # bytes relayed, for a streamed answer
 
 
 def attempt_for(
@@ -116,13 +140,16 @@ def attempt_for(
     ``method`` and ``path`` default to the request's own; forward auth passes
     the original request's.
     """
+    if ctx.peer_trusted:
+        address = client_ip(ctx.peer, headers.getall("X-Forwarded-For", []), trusted_proxies)
+        ctx.client_address = str(address) if address is not None else None
+    else:
+        address = parse_ip(ctx.peer)
     return Attempt(
         method=method or ctx.method,
         path=path or ctx.match_path,
         authorization=headers.getall("Authorization", []),
-        client_ip=client_ip(ctx.peer, headers.getall("X-Forwarded-For", []), trusted_proxies)
-        if ctx.peer_trusted
-        else parse_ip(ctx.peer),
+        client_ip=address,
         referer=headers.get("Referer") or headers.get("Origin"),
         route_name=route_name,
         required_permission=required_permission,
@@ -141,6 +168,7 @@ class Pipeline:
         self.usage = usage
         self.alerts = alerts  # the AlertDetector: in-process counts, no store call
         self.clock = clock
+        self.tracer: Tracer | None = None  # spans for the store calls, when recorded
 
     async def identify(self, authorization: list[str]) -> CompiledKey | Denial:
         token = bearer_token(authorization)
@@ -155,7 +183,11 @@ class Pipeline:
         if parse_mode(token, self.prefix) is None:
             return INVALID_KEY  # never reaches the store
         try:
-            key = await self.cache.get(key_hash)
+            if self.tracer is None:
+                key = await self.cache.get(key_hash)
+            else:
+                with self.tracer.store_span("keys.lookup"):
+                    key = await self.cache.get(key_hash)
         except StoreUnavailable:
             return BACKEND_DOWN
         return key if key is not None else INVALID_KEY
@@ -171,7 +203,15 @@ class Pipeline:
             return denial
         principal = Principal(key)
         if self.limiter is not None:
-            decision = await self.limiter.check(key, attempt.route_name, attempt.route_rate_limit)
+            if self.tracer is None:
+                decision = await self.limiter.check(
+                    key, attempt.route_name, attempt.route_rate_limit
+                )
+            else:
+                with self.tracer.store_span("ratelimit.check"):
+                    decision = await self.limiter.check(
+                        key, attempt.route_name, attempt.route_rate_limit
+                    )
             if decision is not None:
                 principal.rate = decision
                 if not decision.allowed:

@@ -26,6 +26,7 @@ from .routing import Router, cors_policy
 from .store.health import StoreMonitor
 from .telemetry.accesslog import AccessLog
 from .telemetry.metrics import Metrics
+from .telemetry.tracing import Tracer
 from .usage import UsageRecorder
 
 LocalHandler = Callable[..., Awaitable[Any]]
@@ -95,6 +96,7 @@ class Runtime:
     draining: bool = False  # /readyz answers 503 from the moment this is set
     webhooks: Any = None  # this replica's WebhookDispatcher, when it delivers
     alerts: Any = None  # this replica's AlertDetector, when alerts are on
+    tracer: Tracer | None = None  # spans over OTLP, with tracing.otlp_endpoint set
 
     @property
     def config(self) -> Config:

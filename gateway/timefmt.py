@@ -12,7 +12,9 @@ def utcnow() -> datetime:
 def isoformat(moment: datetime | None) -> str | None:
     if moment is None:
         return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = moment.astimezone(UTC)
+    # not strftime("%Y"): it writes years before 1000 with fewer than four digits
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
 
 
 def parse_time(text: str | None) -> datetime | None:

@@ -409,12 +409,15 @@ def worker_main(argv: list[str] | None = None) -> int:
     _die_with_parent(args.parent)
     from .config import ConfigError, load_config
     from .server import install_uvloop, serve
+    from .telemetry.logs import configure_logging
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         log.error("worker %d: invalid configuration: %s", args.index, "; ".join(exc.errors))
         return 1
+    if config.logging.format != "text":
+        configure_logging(config.logging.format, worker=args.index)
     install_uvloop()
     try:
         return asyncio.run(

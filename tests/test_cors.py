@@ -209,9 +209,7 @@ async def test_the_management_api_answers_browsers_too(gw, http, key):
     async with http.get(gw.url + "/v1/auth/verify", headers={"Origin": APP}) as resp:
         assert resp.status == 401
         assert resp.headers["Access-Control-Allow-Origin"] == APP
-    async with http.get(
-        gw.url + "/v1/auth/verify", headers={"Origin": APP, **bearer(key)}
-    ) as resp:
+    async with http.get(gw.url + "/v1/auth/verify", headers={"Origin": APP, **bearer(key)}) as resp:
         assert resp.status == 200 and (await resp.json())["valid"] is True
         assert resp.headers["Access-Control-Allow-Origin"] == APP
 

@@ -379,7 +379,7 @@ def access_lines(gw, capsys) -> list[dict[str, Any]]:
     for line in out.splitlines():
         if line.startswith("{"):
             record = json.loads(line)
-            if record.get("msg") == "request":
+            if "http.request.method" in record:
                 lines.append(record)
     return lines
 
@@ -571,7 +571,8 @@ class TestOddTargetForms:
             x for x in access_lines(gw, capsys) if x["request_id"] == head.headers["X-Request-Id"]
         ]
         assert len(logged) == 1, logged
-        assert logged[0]["status"] == 400 and logged[0]["method"] == method, logged
+        assert logged[0]["http.response.status_code"] == 400, logged
+        assert logged[0]["http.request.method"] == method, logged
         assert logged[0]["code"] == "bad_request", logged
 
 

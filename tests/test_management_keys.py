@@ -9,6 +9,7 @@ import pytest
 from conftest import bearer, new_account, new_key
 
 from gateway.keys.format import hash_secret
+from gateway.timefmt import isoformat, parse_time
 
 
 @pytest.fixture
@@ -149,7 +150,8 @@ async def test_pagination_with_limit_and_starting_after(admin, http):
         ("limit=-1", "limit"),
         ("limit=1&limit=2", "limit"),
         ("mode=sandbox", "mode"),
-        ("starting_after=key_nope", "starting_after"),
+        ("starting_after=nope", "starting_after"),  # not a key id
+        ("starting_after=", "starting_after"),
         ("page=2", "page"),
     ],
 )
@@ -161,6 +163,21 @@ async def test_bad_list_parameters_are_400_naming_them(admin, http, query, field
     assert body["error"]["code"] == "invalid_request"
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["details"]["field"] == field
+
+
+async def test_starting_after_an_unknown_key_is_404_like_any_unknown_key(admin, http):
+    """SPEC §7: an unknown key id answers 404, and another account's as an unknown one."""
+    gw, _, _, headers = admin
+    other = await new_account(gw.service, name="Other")
+    other_id, _ = await new_key(gw.service, other)
+    for key_id in ("key_nope", other_id):
+        async with http.get(
+            gw.url + f"/v1/api-keys?starting_after={key_id}", headers=headers
+        ) as resp:
+            assert resp.status == 404
+            body = await resp.json()
+            assert body["error"]["code"] == "resource_not_found"
+            assert body["error"]["details"] == {"field": "starting_after"}
 
 
 async def test_list_filters_by_mode(admin, http):
@@ -329,7 +346,10 @@ async def test_delete_revokes_at_once_and_is_idempotent(admin, http):
     async with http.patch(
         gw.url + f"/v1/api-keys/{key_id}", json={"name": "x"}, headers=headers
     ) as resp:
-        assert resp.status == 400
+        assert resp.status == 409  # a revoked key cannot be changed
+        answer = await resp.json()
+        assert answer["error"]["code"] == "key_not_active"
+        assert answer["error"]["details"] == {"field": "id"}
     async with http.get(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:
         assert (await resp.json())["data"]["revoked_at"] == body["data"]["revoked_at"]
 
@@ -457,6 +477,19 @@ BAD_BODIES = [
     ({"name": "x", "rate_limit": "0/minute"}, "rate_limit"),
     ({"name": "x", "expires_at": "tomorrow"}, "expires_at"),
     ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+    ({"name": "x", "expires_at": "2001-13-01T00:00:00Z"}, "expires_at"),
+    ({"name": "x", "expires_in": "0s"}, "expires_in"),
+    ({"name": "x", "expires_in": " 1d"}, "expires_in"),
+    ({"name": "x", "rate_limit": "10 / minute"}, "rate_limit"),
+    ({"name": "x", "permissions": ["read\n"]}, "permissions"),
+    ({"name": "x", "allowed_ips": [" 10.0.0.1"]}, "allowed_ips"),
+    ({"name": "x", "allowed_ips": ["010.0.0.1"]}, "allowed_ips"),
+    ({"name": "x", "allowed_endpoints": [""]}, "allowed_endpoints"),
+    ({"name": "x", "allowed_endpoints": ["BREW /coffee"]}, "allowed_endpoints"),
+    ({"name": "x", "allowed_endpoints": ["GET  /x"]}, "allowed_endpoints"),
+    ({"name": "x", "allowed_endpoints": ["/a/**b"]}, "allowed_endpoints"),
+    ({"name": "x", "allowed_referrers": ["ftp://example.com/*"]}, "allowed_referrers"),
+    ({"name": "x", "metadata": {"k" * 41: 1}}, "metadata"),
     ({"name": "x", "expires_in": "5 fortnights"}, "expires_in"),
     ({"name": "x", "expires_in": "-5d"}, "expires_in"),
     ({"name": "x", "expires_in": "99999999999d"}, "expires_in"),
@@ -678,3 +711,34 @@ async def test_two_admin_keys_revoking_each_other_at_once_leave_one(admin, http)
         # Another pair for the next round.
         made = await _create(http, gw, survivor, name="next admin", permissions=["admin"])
         first_id, first, second = alive[0].id, survivor, bearer(made["key"])
+async def test_a_patch_needs_a_body(admin, http):
+    gw, _, key_id, headers = admin
+    async with http.patch(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["details"] == {"field": "body"}
+
+
+@pytest.mark.parametrize("grace", [0, 5, "2 s", "1000000d", ""])
+async def test_a_grace_period_is_a_duration_string_of_at_most_six_digits(admin, http, grace):
+    gw, _, key_id, headers = admin
+    async with http.post(
+        gw.url + f"/v1/api-keys/{key_id}/rotate", json={"grace_period": grace}, headers=headers
+    ) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["details"] == {"field": "grace_period"}
+
+
+def test_a_time_in_an_early_year_is_written_with_four_digits():
+    """strftime("%Y") writes year 388 as "388", which no ISO 8601 reader takes back."""
+    assert isoformat(parse_time("0388-03-20T01:42:06Z")) == "0388-03-20T01:42:06Z"
+
+
+async def test_a_referrer_pattern_urllib_cannot_split_is_no_server_error(admin, http):
+    gw, _, key_id, headers = admin
+    async with http.patch(
+        gw.url + f"/v1/api-keys/{key_id}",
+        json={"allowed_referrers": ["https://[not-an-address/*"]},
+        headers=headers,
+    ) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["data"]["allowed_referrers"] == ["https://[not-an-address/*"]

@@ -160,8 +160,9 @@ async def test_a_revoked_key_cannot_be_rotated(setup, http):
     async with http.delete(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:
         assert resp.status == 200
     async with http.post(gw.url + f"/v1/api-keys/{key_id}/rotate", headers=headers) as resp:
-        assert resp.status == 400
-        assert (await resp.json())["error"]["details"]["field"] == "id"
+        assert resp.status == 409
+        error = (await resp.json())["error"]
+        assert (error["code"], error["details"]["field"]) == ("key_not_active", "id")
 
 
 async def test_a_test_key_rotates_into_a_test_key(setup, http):

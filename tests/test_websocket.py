@@ -66,6 +66,19 @@ async def test_a_key_in_authorization_opens_a_relayed_socket_with_identity_heade
     assert "Authorization" not in seen["headers"]
 
 
+async def test_the_handshake_carries_the_trace_context_upstream(gw, http, key, ws_upstream):
+    _, secret = key
+    trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = {**bearer(secret), "traceparent": f"00-{trace}-{parent}-01", "tracestate": "a=1"}
+    async with http.ws_connect(ws_url(gw, "/live/feed"), headers=headers) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+    seen = ws_upstream.handshakes[0]["headers"]
+    version, trace_id, span_id, flags = seen["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", trace, "01") and span_id != parent
+    assert seen["tracestate"] == "a=1"
+
+
 async def test_the_key_as_a_subprotocol_is_removed_before_the_upstream(gw, http, key, ws_upstream):
     _, secret = key
     async with http.ws_connect(

@@ -96,7 +96,10 @@ def referrer_warnings(patterns: Iterable[str]) -> list[str]:
     for index, pattern in enumerate(patterns):
         if "://" not in pattern:
             continue
-        path = urlsplit(pattern.replace("*", "x")).path
+        try:
+            path = urlsplit(pattern.replace("*", "x")).path
+        except ValueError:  # not a URL urllib can split ("https://[x"): it matches nothing
+            continue
         if path not in ("", "/", "/x"):
             warnings.append(
                 f"allowed_referrers[{index}]: {pattern!r} has a path; browsers send only the "

@@ -383,6 +383,31 @@ class LeakDetectionConfig(_Model):
 
     action: Literal["revoke", "notify"] = "revoke"
     github: GitHubLeakConfig = GitHubLeakConfig()
+class TracingConfig(_Model):
+    """Spans over OTLP/HTTP (SPEC §17); trace context is propagated with or without them."""
+
+    otlp_endpoint: str | None = None  # e.g. http://collector:4318; /v1/traces is added
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # of new traces; parent-based
+    service_name: str = Field("keygate", min_length=1)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        url = URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        from ..telemetry.tracing import sdk_missing
+
+        missing = sdk_missing()
+        if missing is not None:
+            raise ValueError(missing)
+        return value
+
+
+class LoggingConfig(_Model):
+    format: Literal["text", "json"] = "text"  # the application's log lines on stderr
 
 
 class Config(_Model):
@@ -398,6 +423,8 @@ class Config(_Model):
     alerts: AlertsConfig = AlertsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     leak_detection: LeakDetectionConfig = LeakDetectionConfig()
+    tracing: TracingConfig = TracingConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Config:

@@ -26,6 +26,16 @@ from ..timefmt import isoformat, parse_time, utcnow
 from ..usage.reader import UsageReader
 from .format import generate_secret, hash_secret, new_id
 from .model import Account, KeyRecord
+from .patterns import (
+    ALLOWED_ENDPOINT,
+    ALLOWED_IP,
+    ALLOWED_REFERRER,
+    EXPIRES_IN,
+    GRACE_PERIOD,
+    KEY_ID,
+    RATE,
+    full,
+)
 from .store import AccountBusy, KeyStore
 
 log = logging.getLogger("gateway.keys")
@@ -62,6 +72,27 @@ class InvalidRequest(OperationError):
     """The input is refused; ``field`` names what is wrong."""
 
 
+_RATE_PATTERN = full(RATE)
+_API_PATTERNS = {"grace_period": full(GRACE_PERIOD), "expires_in": full(EXPIRES_IN)}
+_KEY_ID = full(KEY_ID)
+_LIST_PATTERNS = {
+    "allowed_ips": full(ALLOWED_IP),
+    "allowed_referrers": full(ALLOWED_REFERRER),
+    "allowed_endpoints": full(ALLOWED_ENDPOINT),
+}
+
+
+def api_duration(value: Any, field: str) -> float:
+    """Seconds in an API duration; InvalidRequest naming ``field`` for anything else."""
+    if not isinstance(value, str) or _API_PATTERNS[field].fullmatch(value) is None:
+        raise InvalidRequest(
+            f"{field} must be a duration such as 30s, 5m, 24h or 90d (a whole part of at "
+            f"most six digits{', from 1' if field == 'expires_in' else ''}), not {value!r}",
+            field,
+        )
+    return parse_duration(value)
+
+
 class NotFound(OperationError):
     code = "resource_not_found"
 
@@ -74,6 +105,12 @@ class LastAdminKey(OperationError):
     """The change would leave the account with no active admin key to manage it (409)."""
 
     code = "last_admin_key"
+
+
+class NotActive(OperationError):
+    """The key's state (revoked, expired) does not allow the change asked for."""
+
+    code = "key_not_active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +133,23 @@ CLI = Actor("cli")
 # -- validation -------------------------------------------------------------
 
 
+_SHAPES = {
+    "allowed_ips": "an IPv4 or IPv6 address or CIDR (10.0.0.0/8, 2001:db8::/32)",
+    "allowed_referrers": "https://host/path*, host or *.host",
+    "allowed_endpoints": '"/path/glob" or "METHOD /path/glob"',
+}
+
+
 def _string_list(value: Any, field: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidRequest(f"{field} must be a list of strings", field)
+    shape = _LIST_PATTERNS.get(field)
+    if shape is not None:
+        for v in value:
+            if shape.fullmatch(v) is None:
+                raise InvalidRequest(f"{v!r} is not {_SHAPES[field]}", field)
     return value
 
 
@@ -155,10 +204,13 @@ def validate_key_fields(data: dict[str, Any], *, allowed: tuple[str, ...]) -> di
     if "rate_limit" in data:
         rate = data["rate_limit"]
         if rate is not None:
-            try:
-                rate = str(parse_rate(rate))
-            except ValueError as exc:
-                raise InvalidRequest(str(exc), "rate_limit") from None
+            if not isinstance(rate, str) or _RATE_PATTERN.fullmatch(rate) is None:
+                raise InvalidRequest(
+                    f"rate_limit must be N/second, N/minute, N/hour or N/day with N from 1 "
+                    f"(no spaces), not {rate!r}",
+                    "rate_limit",
+                )
+            rate = str(parse_rate(rate))
         out["rate_limit"] = rate
     if "expires_at" in data and "expires_in" in data:
         raise InvalidRequest("give expires_at or expires_in, not both", "expires_in")
@@ -212,10 +264,7 @@ def _expires_at(value: Any) -> str | None:
 
 def expires_in(duration: str) -> str:
     """An ``expires_at`` value ``duration`` from now (for ``--expires-in``)."""
-    try:
-        seconds = parse_duration(duration)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), "expires_in") from None
+    seconds = api_duration(duration, "expires_in")
     if seconds <= 0:
         raise InvalidRequest("expires_in must be positive", "expires_in")
     try:
@@ -413,11 +462,16 @@ class KeyService:
             records.sort(key=lambda r: r.created_at, reverse=True)
             return records, False
         if starting_after is not None:
+            if _KEY_ID.fullmatch(starting_after) is None:
+                raise InvalidRequest(
+                    f"starting_after must be a key id (key_…), not {starting_after!r}",
+                    "starting_after",
+                )
             try:
                 await self.get_key(actor, starting_after)
-            except (NotFound, Forbidden):
-                raise InvalidRequest(
-                    f"starting_after {starting_after!r} is not a key of this list",
+            except (NotFound, Forbidden):  # an unknown key id answers 404 (SPEC §7)
+                raise NotFound(
+                    f"starting_after: no API key {starting_after!r} in this list",
                     "starting_after",
                 ) from None
         ids, more = await self.store.list_key_ids(
@@ -429,7 +483,7 @@ class KeyService:
         fields = validate_key_fields(data, allowed=PATCH_FIELDS)
         record = await self.get_key(actor, key_id)
         if record.revoked_at:
-            raise InvalidRequest("a revoked key cannot be changed", "id")
+            raise NotActive("a revoked key cannot be changed", "id")
         updated = record.evolve(**fields)
         await self._save_keeping_an_admin(actor, record, updated, "remove the admin permission of")
         await self._record(actor, "key.update", record.account_id, record.id, fields=sorted(fields))
@@ -500,10 +554,7 @@ class KeyService:
         """A new key with the old one's settings; the old one expires after ``grace_period``."""
         if grace_period is None:
             grace_period = "24h"
-        try:
-            grace = parse_duration(grace_period)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), "grace_period") from None
+        grace = api_duration(grace_period, "grace_period")
         old = await self.get_key(actor, key_id)
         try:
             now = utcnow()
@@ -511,7 +562,7 @@ class KeyService:
         except OverflowError:
             raise InvalidRequest("grace_period is too long", "grace_period") from None
         if old.status() != "active":
-            raise InvalidRequest(f"key {key_id} is {old.status()} and cannot be rotated", "id")
+            raise NotActive(f"key {key_id} is {old.status()} and cannot be rotated", "id")
         secret = generate_secret(self.config.keys.prefix, old.mode)
         new = KeyRecord(
             id=new_id("key"),

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..denials import BACKEND_DOWN, Denial, error_response
-from ..keys.service import Forbidden, InvalidRequest, LastAdminKey, NotFound, OperationError
+from ..keys.service import (
+    Forbidden,
+    InvalidRequest,
+    LastAdminKey,
+    NotActive,
+    NotFound,
+    OperationError,
+)
 from ..pipeline import Attempt, attempt_for
 from ..store.connection import StoreUnavailable
 from . import events, identity, keys, webhooks
@@ -122,9 +129,12 @@ def operation_error(exc: OperationError) -> Denial:
     """The service's refusals as the API answers them."""
     details = {"field": exc.field} if exc.field else {}
     if isinstance(exc, NotFound):
-        return Denial("resource_not_found", message=exc.message)
+        where = {"field": exc.field} if exc.field not in (None, "id") else {}
+        return Denial("resource_not_found", where, message=exc.message)
     if isinstance(exc, Forbidden):
         return Denial("insufficient_permissions", details, message=exc.message)
+    if isinstance(exc, NotActive):
+        return Denial("key_not_active", details, message=exc.message)
     if isinstance(exc, InvalidRequest):
         return Denial("invalid_request", details, message=exc.message)
     if isinstance(exc, LastAdminKey):

@@ -84,8 +84,9 @@ class Call:
             request_id=self.ctx.request_id,
         )
 
-    async def json_body(self) -> dict[str, Any]:
-        """The body as a JSON object (``{}`` when empty); raises BodyTooLarge past the cap."""
+    async def json_body(self, required: bool = False) -> dict[str, Any]:
+        """The body as a JSON object (``{}`` when empty, unless ``required``); raises
+        BodyTooLarge past the cap."""
         limit = body_limit(self.runtime)
         length = self.request.content_length
         if length is not None and length > limit:
@@ -100,7 +101,10 @@ class Call:
             if size > limit:
                 raise BodyTooLarge(limit)
             chunks.append(chunk)
-        return parse_json_object(b"".join(chunks))
+        raw = b"".join(chunks)
+        if required and not raw.strip():
+            raise InvalidRequest("a JSON object is required as the body", "body")
+        return parse_json_object(raw)
 
     def query(self, allowed: tuple[str, ...]) -> dict[str, str]:
         """The query parameters, each at most once and each one of ``allowed``."""

@@ -42,7 +42,7 @@ async def list_keys(call: Call) -> web.Response:
         actor.account_id,
         mode=query.get("mode"),
         limit=limit,
-        starting_after=query.get("starting_after") or None,
+        starting_after=query.get("starting_after"),  # empty is no key id: 400
     )
     used = await call.runtime.store.last_used(r.id for r in records)
     return json_answer(
@@ -78,7 +78,7 @@ async def get_key(call: Call) -> web.Response:
 
 
 async def update_key(call: Call) -> web.Response:
-    body = await call.json_body()
+    body = await call.json_body(required=True)  # the fields to change: no body is no JSON
     record = await call.runtime.service.update_key(call.actor, call.params["id"], body)
     return json_answer({"data": await _shown(call, record), "meta": _meta(call, record)})
 

@@ -12,7 +12,15 @@ from typing import Any
 
 from .. import __version__
 from ..events.log import EVENT_TYPES
-from ..keys.service import LIST_MAX, METADATA_MAX_KEYS
+from ..keys import patterns
+from ..keys.patterns import anchored
+from ..keys.service import (
+    LIST_MAX,
+    METADATA_MAX_KEY_LENGTH,
+    METADATA_MAX_KEYS,
+    METADATA_MAX_VALUE_LENGTH,
+)
+from ..permissions import PERMISSION
 
 JSON = "application/json"
 
@@ -27,28 +35,39 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-11-22T10:30:00Z"]}
-KEY_ID = {"type": "string", "pattern": "^key_[A-Za-z0-9_-]+$", "examples": ["key_4f8a2c"]}
+KEY_ID = {"type": "string", "pattern": anchored(patterns.KEY_ID), "examples": ["key_4f8a2c"]}
 WEBHOOK_ID = {"type": "string", "pattern": "^we_[A-Za-z0-9_-]+$"}
 EVENT_ID = {"type": "string", "pattern": "^evt_[A-Za-z0-9]+$"}
 ACCOUNT_ID = {"type": "string", "pattern": "^acct_[A-Za-z0-9_-]+$"}
 MODE = {"type": "string", "enum": ["live", "test"]}
 STRINGS = {"type": "array", "items": {"type": "string"}}
-RATE = {
+RATE_LIMIT = {"type": "string", "pattern": anchored(patterns.RATE), "examples": ["100/minute"]}
+GRACE = {
     "type": "string",
-    "pattern": r"^\s*\d+\s*/\s*(second|minute|hour|day)\s*$",
-    "examples": ["100/minute"],
+    "pattern": anchored(patterns.GRACE_PERIOD),
+    "examples": ["2s", "24h", "0s"],
 }
-DURATION = {
-    "type": "string",
-    "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*$",
-    "examples": ["2s", "24h", "90d"],
-}
+EXPIRY = {"type": "string", "pattern": anchored(patterns.EXPIRES_IN), "examples": ["90d", "12h"]}
 METADATA = {
     "type": "object",
     "description": "A flat object of the owner's own: string, number, boolean or null values.",
     "maxProperties": METADATA_MAX_KEYS,
-    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+    "propertyNames": {"minLength": 1, "maxLength": METADATA_MAX_KEY_LENGTH},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string", "maxLength": METADATA_MAX_VALUE_LENGTH},
+            {"type": ["number", "boolean", "null"]},
+        ]
+    },
 }
+PERMISSIONS = {"type": "array", "items": {"type": "string", "pattern": anchored(PERMISSION)}}
+
+
+def _list_of(pattern: str, examples: list[str]) -> dict[str, Any]:
+    return {
+        "type": ["array", "null"],
+        "items": {"type": "string", "pattern": anchored(pattern), "examples": examples},
+    }
 
 
 def _key_properties() -> dict[str, Any]:
@@ -66,7 +85,7 @@ def _key_properties() -> dict[str, Any]:
         "revoked_at": _nullable(TIMESTAMP),
         "last_used_at": _nullable(TIMESTAMP),
         "metadata": METADATA,
-        "rate_limit": _nullable(RATE),
+        "rate_limit": _nullable(RATE_LIMIT),
         "allowed_ips": STRINGS,
         "allowed_referrers": STRINGS,
         "allowed_endpoints": STRINGS,
@@ -80,23 +99,35 @@ def _key_fields(*, create: bool) -> dict[str, Any]:
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
         "mode": {**MODE, "description": "Defaults to the calling key's mode."},
         "permissions": {
-            **STRINGS,
+            **_nullable(PERMISSIONS),
             "description": "read, write, admin, webhook, or resource:action "
-            "(users:read, users:write, users:*).",
+            "(users:read, users:write, users:*). null: none.",
         },
         "metadata": _nullable(METADATA),
-        "allowed_ips": {**STRINGS, "description": "IPv4/IPv6 addresses or CIDRs."},
+        "allowed_ips": {
+            **_list_of(patterns.ALLOWED_IP, ["203.0.113.0/24", "2001:db8::1"]),
+            "description": "IPv4/IPv6 addresses or CIDRs. null or []: no restriction.",
+        },
         "allowed_referrers": {
-            **STRINGS,
-            "description": "https://app.example.com/*, app.example.com or *.example.com.",
+            **_list_of(patterns.ALLOWED_REFERRER, ["https://app.example.com/*", "*.example.com"]),
+            "description": "https://app.example.com/*, app.example.com or *.example.com. "
+            "null or []: no restriction.",
         },
         "allowed_endpoints": {
-            **STRINGS,
-            "description": '"/path/glob" or "METHOD /path/glob"; * is one segment, ** several.',
+            **_list_of(patterns.ALLOWED_ENDPOINT, ["GET /v1/users/*", "/v1/reports/**"]),
+            "description": '"/path/glob" or "METHOD /path/glob"; * is one segment, ** several. '
+            "null or []: no restriction.",
         },
-        "rate_limit": {**_nullable(RATE), "description": "Replaces the plan's limit for this key."},
-        "expires_at": {**_nullable(TIMESTAMP), "description": "null: never expires."},
-        "expires_in": {**DURATION, "description": "Instead of expires_at: a duration from now."},
+        "rate_limit": {
+            **_nullable(RATE_LIMIT),
+            "description": "Replaces the plan's limit for this key.",
+        },
+        "expires_at": {
+            **_nullable(TIMESTAMP),
+            "examples": ["2099-01-01T00:00:00Z"],
+            "description": "After now (else 400); null: never expires.",
+        },
+        "expires_in": {**EXPIRY, "description": "Instead of expires_at: a duration from now."},
     }
     if not create:
         del fields["mode"]
@@ -108,7 +139,11 @@ def _error_response(description: str) -> dict[str, Any]:
 
 
 ERRORS = {
-    "400": _error_response("invalid_request: details.field names what is wrong"),
+    "400": _error_response(
+        "invalid_request: details.field names what is wrong; or a path the gateway refuses "
+        "before anything else (an encoded slash, NUL or backslash, a dot-segment escaping "
+        "the root: SPEC §6)"
+    ),
     "401": _error_response(
         "missing_api_key, invalid_authorization_header, invalid_api_key, revoked_api_key "
         "or expired_api_key"
@@ -120,7 +155,8 @@ ERRORS = {
     "404": _error_response("resource_not_found: no such key in the caller's account"),
     "409": _error_response(
         "last_admin_key: the change (revoking the key, or taking away its admin permission) "
-        "would leave the account without an active admin key; create another one first"
+        "would leave the account without an active admin key; create another one first. "
+        "key_not_active: the key is revoked (or, to rotate, expired)"
     ),
     "413": _error_response("payload_too_large"),
     "429": _error_response("rate_limit_exceeded (with Retry-After)"),
@@ -133,7 +169,8 @@ def _answer(status: str, description: str, schema: str) -> dict[str, Any]:
 
 
 def _errors(*codes: str) -> dict[str, Any]:
-    return {code: ERRORS[code] for code in codes}
+    """The error answers of an operation: ``codes`` and 400, which any path may get."""
+    return {code: ERRORS[code] for code in sorted({"400", *codes})}
 
 
 def _body(schema: str, required: bool) -> dict[str, Any]:
@@ -211,6 +248,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     "responses": {
                         **_answer("200", "A page of keys", "KeyList"),
                         **_errors("400", *AUTH_ERRORS),
+                        "404": _error_response(
+                            "resource_not_found: starting_after names no key of this list"
+                        ),
                     },
                 },
                 "post": {
@@ -245,6 +285,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 "delete": {
                     "operationId": "revokeKey",
                     "summary": "Revoke a key, at once, on every gateway sharing the store",
+                    "description": "The key is revoked, not deleted: it stays readable (GET "
+                    "shows its revoked_at, the list keeps it) and so does its usage; revoking "
+                    "it again answers the same. It cannot be changed or rotated any more.",
                     "responses": {
                         **_answer("200", "The key is revoked", "RevokedAnswer"),
                         **_errors(*AUTH_ERRORS, "404", "409"),
@@ -263,7 +306,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                             "The new key, with its secret shown once, and when the old one expires",
                             "RotatedAnswer",
                         ),
-                        **_errors("400", *AUTH_ERRORS, "404", "413"),
+                        **_errors("400", *AUTH_ERRORS, "404", "409", "413"),
                     },
                 },
             },
@@ -540,9 +583,15 @@ def _schemas() -> dict[str, Any]:
         "ApiKey": key,
         "NewApiKey": new_key,
         "RotatedApiKey": rotated,
-        "KeyCreate": _object(_key_fields(create=True), required=["name"]),
-        "KeyUpdate": _object(_key_fields(create=False), required=[]),
-        "Rotate": _object({"grace_period": {**_nullable(DURATION), "default": "24h"}}, required=[]),
+        "KeyCreate": {
+            **_object(_key_fields(create=True), required=["name"]),
+            "not": {"required": ["expires_at", "expires_in"]},
+        },
+        "KeyUpdate": {
+            **_object(_key_fields(create=False), required=[]),
+            "not": {"required": ["expires_at", "expires_in"]},
+        },
+        "Rotate": _object({"grace_period": {**_nullable(GRACE), "default": "24h"}}, required=[]),
         "Verification": _object(
             {
                 "valid": {"const": True},

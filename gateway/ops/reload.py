@@ -43,6 +43,8 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "redis": tuple(RedisConfig.model_fields),
     "keys": ("prefix", "cache_ttl", "negative_cache_ttl", "cache_max_size", "stale_if_error"),
     "rate_limits": ("on_store_error",),
+    "tracing": ("otlp_endpoint", "sample_ratio", "service_name"),
+    "logging": ("format",),
 }
 """Settings read once at start: a reload keeps their running values."""
 

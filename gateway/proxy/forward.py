@@ -97,6 +97,8 @@ class Exchange:
     # and perf_counter() when the response head went to the client, if it was streamed.
     upstream_seconds: float | None = None
     headers_at: float | None = None
+    body_sent: int = 0  # request body bytes forwarded (a chunked body: counted)
+    body_relayed: int | None = None  # response body bytes relayed, for a streamed answer
 
 
 async def forward(
@@ -238,6 +240,7 @@ async def _send_body(
         else:
             transport.write(chunk)
         await upstream.drain()
+    exchange.body_sent = seen
     if connection is not None:
         connection.body_read()
     if chunked:
@@ -304,11 +307,14 @@ async def _respond(
     handle = _StreamCut(request, upstream)
     if streams is not None:
         streams.add(handle, exchange.key_hash, exchange.key_expires_at)
+    relayed = 0
     try:
         while True:
             chunk = await response.next_chunk()
             if not chunk:
                 break
+            relayed += len(chunk)
+            exchange.body_relayed = relayed
             await answer.write(chunk)
     except UpstreamError as exc:
         if request.transport is not None:

@@ -29,7 +29,15 @@ HOP_BY_HOP = frozenset(
 )
 # Set by the gateway itself on the way upstream.
 GATEWAY_SET = frozenset(
-    {"host", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    {
+        "host",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "traceparent",  # the gateway's span as parent (SPEC §17)
+        "tracestate",  # as sent, with a valid traceparent only
+    }
 )
 # Answered by the gateway itself: it sent its own ``100 Continue`` after the checks.
 ANSWERED = frozenset({"expect"})
@@ -95,12 +103,13 @@ def upstream_head(
     proto: bytes,
     forwarded_host: bytes | None,
     framing: bytes,
+    trace: bytes = b"",
 ) -> bytes:
     """The request head the upstream receives: the client's headers, cleaned, then the gateway's.
 
     ``identity`` is the gateway's header lines for the caller (``X-Gateway-*``);
     ``framing`` is the gateway's own ``Content-Length``/``Transfer-Encoding``
-    line (or ``b""``). Headers named in ``Connection`` are dropped, but only
+    line (or ``b""``); ``trace`` its ``traceparent`` (and ``tracestate``) lines. Headers named in ``Connection`` are dropped, but only
     from the client's: the gateway's own are added after, so a client can
     make none of them go.
     """
@@ -131,6 +140,7 @@ def upstream_head(
     out += (b"X-Forwarded-Proto: ", proto, b"\r\n")
     if forwarded_host:
         out += (b"X-Forwarded-Host: ", forwarded_host, b"\r\n")
+    out.append(trace)
     out.append(framing)
     out.append(b"\r\n")
     return b"".join(out)

@@ -1,7 +1,8 @@
 """One structured access-log line per request, written in batches off the hot path.
 
-Lines are JSON objects; the query string is never logged, and anything in the
-path that looks like a key is masked, so no secret reaches a log.
+Lines are JSON objects with OpenTelemetry attribute names (SPEC §17); the query
+string is never logged, and anything in the path, the user agent or the request
+id that looks like a key is masked, so no secret reaches a log.
 """
 
 from __future__ import annotations
@@ -29,12 +30,18 @@ def _plain(value: str | None) -> str:
     return "null" if value is None else f'"{value}"'
 
 
+def _size(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
 class AccessLog:
     def __init__(self, key_prefix: str, stream: IO[str] | None = None, interval: float = 0.25):
         self._stream = stream
         self._interval = interval
         self._lines: list[str] = []
         self._task: asyncio.Task[None] | None = None
+        self._second = -1
+        self._stamp = ""
         self._marker = f"{key_prefix}_"
         self._secret = re.compile(re.escape(key_prefix) + r"_(?:live|test)_[A-Za-z0-9]*")
 
@@ -43,6 +50,14 @@ class AccessLog:
             return self._secret.sub(self._marker + "***", text)
         return text
 
+    def timestamp(self, now: float) -> str:
+        """``now`` in RFC 3339, UTC, to the millisecond (the seconds part made once a second)."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
     def write(
         self,
         *,
@@ -50,21 +65,34 @@ class AccessLog:
         path: str,
         status: int,
         duration: float,
+        upstream_duration: float | None,
         request_id: str,
-        client_ip: str | None,
+        client_address: str | None,
+        user_agent: str | None,
+        request_body_size: int | None,
+        response_body_size: int | None,
+        trace_id: str,
+        span_id: str,
         key_id: str | None,
+        account_id: str | None,
         route: str | None,
         code: str | None,
     ) -> None:
-        # Only the path may need escaping: the method is an HTTP token, the request id
-        # [A-Za-z0-9._-], the client an IP address, key ids, route names (checked by the
-        # config) and codes the gateway's own.
+        # Only the path and the user agent may need escaping: the method is an HTTP token,
+        # the request id [A-Za-z0-9._-], the client an IP address, trace ids hex, key and
+        # account ids, route names (checked by the config) and codes the gateway's own.
+        upstream = "null" if upstream_duration is None else f"{upstream_duration * 1000:.2f}"
+        agent = "null" if user_agent is None else _json(self.mask(user_agent))
         self._lines.append(
-            f'{{"ts":{time.time():.3f},"msg":"request","method":"{method}",'
-            f'"path":{_json(self.mask(path))},"status":{status},'
-            f'"duration_ms":{duration * 1000:.2f},"request_id":"{request_id}",'
-            f'"client_ip":{_plain(client_ip)},"key_id":{_plain(key_id)},'
-            f'"route":{_plain(route)},"code":{_plain(code)}}}'
+            f'{{"timestamp":"{self.timestamp(time.time())}","http.request.method":"{method}",'
+            f'"url.path":{_json(self.mask(path))},"http.response.status_code":{status},'
+            f'"client.address":{_plain(client_address)},"user_agent.original":{agent},'
+            f'"duration_ms":{duration * 1000:.2f},"upstream_duration_ms":{upstream},'
+            f'"http.request.body.size":{_size(request_body_size)},'
+            f'"http.response.body.size":{_size(response_body_size)},'
+            f'"trace_id":"{trace_id}","span_id":"{span_id}","request_id":"{request_id}",'
+            f'"route":{_plain(route)},"key_id":{_plain(key_id)},'
+            f'"account_id":{_plain(account_id)},"code":{_plain(code)}}}'
         )
         if len(self._lines) >= 4096:
             self.flush()

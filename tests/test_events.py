@@ -117,7 +117,8 @@ async def test_pages_follow_starting_after_and_bad_parameters_are_named(gateway,
     for query, field in (
         ("?limit=0", "limit"),
         ("?limit=101", "limit"),
-        ("?starting_after=evt_nope", "starting_after"),
+        ("?starting_after=", "starting_after"),
+        ("?starting_after=key_x", "starting_after"),
         ("?type=Bad Type", "type"),
         ("?colour=red", "colour"),
     ):
@@ -125,6 +126,8 @@ async def test_pages_follow_starting_after_and_bad_parameters_are_named(gateway,
         assert status == 400, query
         assert body["error"]["code"] == "invalid_request"
         assert body["error"]["details"]["field"] == field
+    status, body = await events(http, gateway, admin, "?starting_after=evt_nope")
+    assert (status, body["error"]["code"]) == (404, "resource_not_found")  # as for keys
 
 
 async def test_the_type_filter_takes_exact_types_and_the_alert_prefix(gateway, http):

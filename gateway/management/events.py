@@ -13,7 +13,7 @@ import re
 from aiohttp import web
 
 from ..events.log import LIST_MAX
-from ..keys.service import InvalidRequest
+from ..keys.service import InvalidRequest, NotFound
 from .calls import Call, json_answer
 
 LIST_PARAMETERS = ("limit", "starting_after", "type")
@@ -30,16 +30,29 @@ def parse_limit(query: dict[str, str]) -> int:
     return int(text)
 
 
+_EVENT_ID = re.compile(r"^evt_[A-Za-z0-9]+$")
+
+
+def parse_starting_after(query: dict[str, str]) -> str | None:
+    """An event id, when given; empty or of another form is 400, as the document says."""
+    if "starting_after" not in query:
+        return None
+    value = query["starting_after"]
+    if not _EVENT_ID.match(value):
+        raise InvalidRequest(f"starting_after {value!r} is not an event id (evt_…)", "starting_after")
+    return value
+
+
 async def list_events(call: Call) -> web.Response:
     query = call.query(LIST_PARAMETERS)
     limit = parse_limit(query)
-    type_filter = query.get("type") or None
+    type_filter = query.get("type")
     if type_filter is not None and not _TYPE.match(type_filter):
         raise InvalidRequest(
             f"type {type_filter!r} is not an event type, a 'prefix.' or 'prefix.*'", "type"
         )
     actor = call.actor
-    starting_after = query.get("starting_after") or None
+    starting_after = parse_starting_after(query)
     page = await call.runtime.service.events.list(
         actor.account_id or "",
         test_only=actor.test_only,
@@ -47,8 +60,8 @@ async def list_events(call: Call) -> web.Response:
         starting_after=starting_after,
         type_filter=type_filter,
     )
-    if page is None:
-        raise InvalidRequest(
+    if page is None:  # an unknown id is 404, as for the key list (SPEC §7)
+        raise NotFound(
             f"starting_after {starting_after!r} is not an event of this list", "starting_after"
         )
     events, has_more = page

@@ -372,12 +372,16 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                             "in": "query",
                             "description": "An exact type, or a prefix: alert. (or alert.*) "
                             "for every alert.",
-                            "schema": {"type": "string", "examples": ["api_key.revoked", "alert."]},
+                            "schema": {
+                                "type": "string",
+                                "pattern": r"^(\*|[a-z_]+(\.[a-z_]+)*(\.\*?)?)$",
+                                "examples": ["api_key.revoked", "alert."],
+                            },
                         },
                     ],
                     "responses": {
                         **_answer("200", "A page of events", "EventList"),
-                        **_errors("400", *AUTH_ERRORS),
+                        **_errors("400", *AUTH_ERRORS, "404"),
                     },
                 }
             },
@@ -507,7 +511,11 @@ def openapi_document(prefix: str) -> dict[str, Any]:
 EVENT_PATTERNS = {
     "type": "array",
     "minItems": 1,
-    "items": {"type": "string", "examples": ["*", "alert.*", "api_key.revoked"]},
+    "items": {
+        "type": "string",
+        "pattern": r"^(\*|[a-z_]+(\.[a-z_]+)*(\.\*)?)$",
+        "examples": ["*", "alert.*", "api_key.revoked"],
+    },
 }
 
 
@@ -721,16 +729,18 @@ def _schemas() -> dict[str, Any]:
         "WebhookEndpointCreate": _object(
             {
                 "url": {"type": "string", "format": "uri"},
-                "events": {**EVENT_PATTERNS, "default": ["*"]},
-                "description": {"type": "string", "maxLength": 500},
+                "events": {**EVENT_PATTERNS, "type": ["array", "null"], "default": ["*"],
+                           "description": "null or absent: every event (*)"},
+                "description": {"type": ["string", "null"], "maxLength": 500},
             },
             required=["url"],
         ),
         "WebhookEndpointUpdate": _object(
             {
                 "url": {"type": "string", "format": "uri"},
-                "events": EVENT_PATTERNS,
-                "description": {"type": "string", "maxLength": 500},
+                "events": {**EVENT_PATTERNS, "type": ["array", "null"],
+                           "description": "null: every event (*)"},
+                "description": {"type": ["string", "null"], "maxLength": 500},
                 "disabled": {"type": "boolean"},
             },
             required=[],

@@ -28,7 +28,7 @@ from ..events.webhooks import (
 )
 from ..keys.service import Forbidden, InvalidRequest, NotFound
 from .calls import Call, json_answer
-from .events import parse_limit
+from .events import parse_limit, parse_starting_after
 
 DELETED_MESSAGE = "Webhook endpoint deleted"
 
@@ -76,7 +76,7 @@ async def _endpoint(call: Call) -> WebhookEndpoint:
 
 
 async def create_endpoint(call: Call) -> web.Response:
-    body = await call.json_body()
+    body = await call.json_body(required=True)
     _fields(body, CREATE_FIELDS)
     if "url" not in body:
         raise InvalidRequest("url is required", "url")
@@ -116,7 +116,7 @@ async def get_endpoint(call: Call) -> web.Response:
 
 
 async def update_endpoint(call: Call) -> web.Response:
-    body = await call.json_body()
+    body = await call.json_body(required=True)
     _fields(body, ENDPOINT_FIELDS)
     endpoint = await _endpoint(call)
     changes: dict = {}
@@ -161,12 +161,12 @@ async def list_deliveries(call: Call) -> web.Response:
     query = call.query(("limit", "starting_after"))
     limit = parse_limit(query)
     endpoint = await _endpoint(call)
-    starting_after = query.get("starting_after") or None
+    starting_after = parse_starting_after(query)
     page = await _store(call).list_deliveries(
         endpoint.id, limit=limit, starting_after=starting_after
     )
-    if page is None:
-        raise InvalidRequest(
+    if page is None:  # an unknown id is 404, as for the key list (SPEC §7)
+        raise NotFound(
             f"starting_after {starting_after!r} is not an event of this list", "starting_after"
         )
     deliveries, has_more = page

@@ -289,7 +289,9 @@ class ServiceProcess:
             if "in use" in error and not self.fixed and attempt < 2:
                 self.port = free_port()
                 continue
-            raise RuntimeError(f"{self.name} did not answer on {self.url} within {timeout}s: {error}")
+            raise RuntimeError(
+                f"{self.name} did not answer on {self.url} within {timeout}s: {error}"
+            )
         raise AssertionError("unreachable")
 
     @property

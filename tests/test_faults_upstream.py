@@ -65,8 +65,7 @@ def demo_upstream() -> ServiceProcess:
 async def test_killed_upstream_answers_502_upstream_unavailable(proxy, http):
     upstream = await asyncio.to_thread(demo_upstream().start)
     try:
-        gw, service = await proxy([{"name": "api", "match": "/api", "upstream": upstream.url}]
-        )
+        gw, service = await proxy([{"name": "api", "match": "/api", "upstream": upstream.url}])
         _, secret = await new_key(service, await new_account(service))
         # Keep-alive: the gateway's pool now holds a connection to the upstream.
         async with aiohttp.ClientSession() as keepalive:

@@ -711,6 +711,8 @@ async def test_two_admin_keys_revoking_each_other_at_once_leave_one(admin, http)
         # Another pair for the next round.
         made = await _create(http, gw, survivor, name="next admin", permissions=["admin"])
         first_id, first, second = alive[0].id, survivor, bearer(made["key"])
+
+
 async def test_a_patch_needs_a_body(admin, http):
     gw, _, key_id, headers = admin
     async with http.patch(gw.url + f"/v1/api-keys/{key_id}", headers=headers) as resp:

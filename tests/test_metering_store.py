@@ -161,3 +161,60 @@ async def test_a_store_failure_refuses_metered_requests_by_default(
 def test_quota_syntax_errors_name_the_form(text: str) -> None:
     with pytest.raises(ValueError, match="quota"):
         parse_quota(text)
+
+
+# -- credits on keys: the key service keeps the record and the balance together ----------
+
+
+async def test_a_keys_credits_are_set_topped_up_shared_by_its_rotation_and_removed(
+    redis_client: aioredis.Redis, base_config
+) -> None:
+    from conftest import new_account, service_for
+
+    from gateway.config import parse_config
+    from gateway.keys.service import CLI, InvalidRequest
+
+    service = service_for(redis_client, parse_config(base_config()))
+    account = await new_account(service)
+    refill = {"amount": 1000, "interval": "month"}
+    record, _ = await service.create_key(
+        CLI, account, {"name": "metered", "credits": {"remaining": 5, "refill": refill}}
+    )
+    assert record.credits == {"id": record.id, "refill": refill}
+    shown = await service.credits_of([record])
+    assert shown[record.id] == {"remaining": 5, "refill": refill}
+
+    store = service.balances
+    await store.spend(account, "live", None, [(record.id, 2)])
+    # PATCH without remaining keeps the balance and changes the refill
+    record = await service.update_key(CLI, record.id, {"credits": {"refill": None}})
+    assert (await service.credits_of([record]))[record.id] == {"remaining": 3, "refill": None}
+
+    new, _, old = await service.rotate_key(CLI, record.id, "1h")
+    await store.spend(account, "live", None, [(new.credits_id, 1)])
+    both = await service.credits_of([new, old])
+    assert both[new.id]["remaining"] == both[old.id]["remaining"] == 2
+
+    # removing credits from the new key keeps the balance the old key still spends
+    new = await service.update_key(CLI, new.id, {"credits": None})
+    assert new.credits is None and new.public()["credits"] is None
+    assert (await store.credits(account, "live", old.id)).remaining == 2
+
+    with pytest.raises(InvalidRequest, match="credits.remaining is required"):
+        await service.create_key(CLI, account, {"name": "x", "credits": {"refill": refill}})
+    for bad in (-1, 1.5, True, "10", 10**16):
+        with pytest.raises(InvalidRequest, match="credits.remaining must be a whole number"):
+            await service.create_key(CLI, account, {"name": "x", "credits": {"remaining": bad}})
+    with pytest.raises(InvalidRequest, match="interval must be 'day' or 'month'"):
+        await service.create_key(
+            CLI,
+            account,
+            {"name": "x", "credits": {"remaining": 1, "refill": {"amount": 1, "interval": "week"}}},
+        )
+
+
+async def test_a_metered_key_whose_balance_is_gone_spends_nothing(store: MeterStore) -> None:
+    (spent,) = await store.spend("acct", "live", None, [("vanished", 1)])
+    assert (spent.reason, spent.credits_remaining) == ("credits_exhausted", 0)
+    (free,) = await store.spend("acct", "live", None, [("vanished", 0)])
+    assert free.allowed

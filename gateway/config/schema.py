@@ -383,6 +383,8 @@ class LeakDetectionConfig(_Model):
 
     action: Literal["revoke", "notify"] = "revoke"
     github: GitHubLeakConfig = GitHubLeakConfig()
+
+
 class TracingConfig(_Model):
     """Spans over OTLP/HTTP (SPEC §17); trace context is propagated with or without them."""
 

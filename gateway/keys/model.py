@@ -52,6 +52,9 @@ class KeyRecord:
     allowed_endpoints: tuple[str, ...] = ()
     rotated_from: str | None = None
     rotated_to: str | None = None
+    # metered by credits (SPEC §16): {"id": balance id, "refill": {"amount", "interval"} | None};
+    # the balance itself lives in the metering store, shared with the key's rotations
+    credits: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -66,8 +69,21 @@ class KeyRecord:
     def evolve(self, **changes: Any) -> KeyRecord:
         return replace(self, **changes)
 
-    def public(self, last_used_at: str | None = None) -> dict[str, Any]:
-        """The key as the API and CLI show it: no secret, no hash."""
+    @property
+    def credits_id(self) -> str | None:
+        """The balance this key spends, or None when it is not metered by credits."""
+        return self.credits["id"] if self.credits else None
+
+    def public(
+        self, last_used_at: str | None = None, credits: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The key as the API and CLI show it: no secret, no hash.
+
+        ``credits`` is the balance as read from the metering store; without it a metered
+        key shows its refill and no ``remaining``.
+        """
+        if credits is None and self.credits:
+            credits = {"remaining": None, "refill": self.credits.get("refill")}
         return {
             "id": self.id,
             "object": "api_key",
@@ -88,6 +104,7 @@ class KeyRecord:
             "allowed_endpoints": list(self.allowed_endpoints),
             "rotated_from": self.rotated_from,
             "rotated_to": self.rotated_to,
+            "credits": credits,
         }
 
     def status(self, now: datetime | None = None) -> str:
@@ -115,6 +132,7 @@ class CompiledKey:
     rate_limit: Rate | None
     upstream_headers: tuple[tuple[str, str], ...]
     upstream_head: bytes = b""  # the same as header lines, for the upstream request head
+    credits_id: str | None = None  # the balance the key spends; None: not metered by credits
 
     @property
     def id(self) -> str:
@@ -147,6 +165,7 @@ class CompiledKey:
             rate_limit=parse_rate(record.rate_limit) if record.rate_limit else None,
             upstream_headers=tuple(headers),
             upstream_head="".join(f"{name}: {value}\r\n" for name, value in headers).encode(),
+            credits_id=record.credits_id,
         )
 
 

@@ -20,6 +20,7 @@ from ..config.schema import Config
 from ..config.units import parse_duration, parse_rate
 from ..events.log import EventLog
 from ..events.webhooks import WebhookStore
+from ..metering import MeterStore, Refill
 from ..permissions import validate_permission
 from ..store.connection import StoreUnavailable
 from ..timefmt import isoformat, parse_time, utcnow
@@ -51,12 +52,14 @@ KEY_FIELDS = (
     "rate_limit",
     "expires_at",
     "expires_in",  # a duration from now, instead of expires_at
+    "credits",  # {"remaining": N, "refill": {"amount": N, "interval": "day"|"month"} | null}
 )
 PATCH_FIELDS = tuple(f for f in KEY_FIELDS if f != "mode")
 METADATA_MAX_KEYS = 50
 METADATA_MAX_KEY_LENGTH = 40
 METADATA_MAX_VALUE_LENGTH = 500
 LIST_MAX = 100
+CREDITS_MAX = 10**15  # far beyond any plan, well inside the store's exact integers
 
 
 class OperationError(Exception):
@@ -212,6 +215,8 @@ def validate_key_fields(data: dict[str, Any], *, allowed: tuple[str, ...]) -> di
                 )
             rate = str(parse_rate(rate))
         out["rate_limit"] = rate
+    if "credits" in data:
+        out["credits"] = _credits(data["credits"])
     if "expires_at" in data and "expires_in" in data:
         raise InvalidRequest("give expires_at or expires_in, not both", "expires_in")
     if "expires_at" in data:
@@ -219,6 +224,46 @@ def validate_key_fields(data: dict[str, Any], *, allowed: tuple[str, ...]) -> di
     if "expires_in" in data:
         out["expires_at"] = expires_in(data["expires_in"])
     return out
+
+
+def _count(value: Any, field: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= CREDITS_MAX:
+        raise InvalidRequest(
+            f"{field} must be a whole number from {low} to {CREDITS_MAX}, not {value!r}", field
+        )
+    return value
+
+
+def _credits(value: Any) -> dict[str, Any] | None:
+    """``{"remaining": int | None, "refill": Refill | None}``, or None (not metered)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            'credits must be an object such as {"remaining": 1000, "refill": '
+            '{"amount": 1000, "interval": "month"}} or null',
+            "credits",
+        )
+    unknown = [k for k in value if k not in ("remaining", "refill")]
+    if unknown:
+        raise InvalidRequest(f"credits: unknown field {unknown[0]!r}", "credits")
+    remaining = value.get("remaining")
+    if remaining is not None:
+        remaining = _count(remaining, "credits.remaining", 0)
+    refill = value.get("refill")
+    if refill is not None:
+        if not isinstance(refill, dict) or set(refill) != {"amount", "interval"}:
+            raise InvalidRequest(
+                'credits.refill must be {"amount": N, "interval": "day" | "month"} or null',
+                "credits",
+            )
+        if refill["interval"] not in ("day", "month"):
+            raise InvalidRequest(
+                f"credits.refill.interval must be 'day' or 'month', not {refill['interval']!r}",
+                "credits",
+            )
+        refill = Refill(_count(refill["amount"], "credits.refill.amount", 1), refill["interval"])
+    return {"remaining": remaining, "refill": refill}
 
 
 def _metadata(value: Any) -> dict[str, Any]:
@@ -292,6 +337,7 @@ class KeyService:
                 store.client, store.prefix, fan_out=WebhookStore(store.client, store.prefix)
             )
         self.events = events
+        self.balances = MeterStore(store.client, store.prefix)
 
     async def _event(self, type: str, record: KeyRecord, **extra: Any) -> None:
         """Raise the key change's event (SPEC §14); like the audit trail, a store failure
@@ -408,6 +454,9 @@ class KeyService:
         if actor.test_only and mode != "test":
             raise Forbidden("a test-mode key can create only test keys", "mode")
         await self.account(account_id)
+        credits = fields.pop("credits", None)
+        if credits is not None and credits["remaining"] is None:
+            raise InvalidRequest("credits.remaining is required", "credits")
         secret = generate_secret(self.config.keys.prefix, mode)
         record = KeyRecord(
             id=new_id("key"),
@@ -419,6 +468,9 @@ class KeyService:
             created_at=isoformat(utcnow()) or "",
             **fields,
         )
+        if credits is not None:
+            # the balance first: a key that says it is metered is never seen without one
+            record = await self._set_credits(record, credits)
         await self.store.add_key(record)
         await self._record(actor, "key.create", account_id, record.id, name=record.name, mode=mode)
         await self._event("api_key.created", record)
@@ -484,8 +536,15 @@ class KeyService:
         record = await self.get_key(actor, key_id)
         if record.revoked_at:
             raise NotActive("a revoked key cannot be changed", "id")
+        credits = fields.pop("credits", ...)
         updated = record.evolve(**fields)
+        if credits is None:
+            updated = updated.evolve(credits=None)
+        elif credits is not ...:
+            updated = await self._set_credits(updated, credits)
         await self._save_keeping_an_admin(actor, record, updated, "remove the admin permission of")
+        if credits is None and record.credits_id is not None:
+            await self._drop_credits(record)
         await self._record(actor, "key.update", record.account_id, record.id, fields=sorted(fields))
         await self._event("api_key.updated", updated)
         return updated
@@ -581,6 +640,7 @@ class KeyService:
             allowed_referrers=old.allowed_referrers,
             allowed_endpoints=old.allowed_endpoints,
             rotated_from=old.id,
+            credits=old.credits,  # the new key spends the same balance as the old one
         )
         current = parse_time(old.expires_at)
         if current is not None and current < old_expiry:
@@ -602,6 +662,58 @@ class KeyService:
             previous_key={"id": retired.id, "expires_at": retired.expires_at},
         )
         return new, secret, retired
+
+    async def _set_credits(self, record: KeyRecord, credits: dict[str, Any]) -> KeyRecord:
+        """Set the key's balance (a top-up, a new refill); ``record`` as it now reads."""
+        refill: Refill | None = credits["refill"]
+        remaining = credits["remaining"]
+        balance_id = record.credits_id or record.id
+        if remaining is None:
+            if record.credits_id is None:
+                raise InvalidRequest(
+                    "credits.remaining is required: the key has no credits yet", "credits"
+                )
+            current = await self.balances.credits(record.account_id, record.mode, balance_id)
+            remaining = current.remaining if current is not None else 0
+        await self.balances.set_credits(
+            record.account_id, record.mode, balance_id, remaining, refill
+        )
+        return record.evolve(
+            credits={"id": balance_id, "refill": refill.public() if refill else None}
+        )
+
+    async def _drop_credits(self, record: KeyRecord) -> None:
+        """The key is no longer metered; its balance goes unless a rotation still shares it."""
+        assert record.credits_id is not None
+        ids, _ = await self.store.list_key_ids(
+            record.account_id, mode=record.mode, limit=10**9, starting_after=None
+        )
+        if any(
+            other.credits_id == record.credits_id
+            for other in await self.store.get_keys(i for i in ids if i != record.id)
+        ):
+            return
+        await self.balances.drop_credits(record.account_id, record.mode, record.credits_id)
+
+    async def credits_of(self, records: list[KeyRecord]) -> dict[str, dict[str, Any]]:
+        """Each metered key's ``credits`` as the API shows it: remaining (refills due
+        applied) and refill; keys sharing one balance through a rotation show the same."""
+        groups: dict[tuple[str, str], list[KeyRecord]] = {}
+        for record in records:
+            if record.credits_id is not None:
+                groups.setdefault((record.account_id, record.mode), []).append(record)
+        out: dict[str, dict[str, Any]] = {}
+        for (account_id, mode), members in groups.items():
+            _, balances = await self.balances.read(
+                account_id, mode, None, [r.credits_id or r.id for r in members]
+            )
+            for record, balance in zip(members, balances, strict=True):
+                refill = (record.credits or {}).get("refill")
+                out[record.id] = {
+                    "remaining": balance.remaining if balance is not None else 0,
+                    "refill": refill,
+                }
+        return out
 
     async def usage_days(self, record: KeyRecord, days: int = 30) -> list[dict[str, Any]]:
         """The key's daily request counts by outcome, newest UTC day first."""

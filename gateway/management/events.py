@@ -39,7 +39,9 @@ def parse_starting_after(query: dict[str, str]) -> str | None:
         return None
     value = query["starting_after"]
     if not _EVENT_ID.match(value):
-        raise InvalidRequest(f"starting_after {value!r} is not an event id (evt_…)", "starting_after")
+        raise InvalidRequest(
+            f"starting_after {value!r} is not an event id (evt_…)", "starting_after"
+        )
     return value
 
 

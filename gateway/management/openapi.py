@@ -15,6 +15,7 @@ from ..events.log import EVENT_TYPES
 from ..keys import patterns
 from ..keys.patterns import anchored
 from ..keys.service import (
+    CREDITS_MAX,
     LIST_MAX,
     METADATA_MAX_KEY_LENGTH,
     METADATA_MAX_KEYS,
@@ -70,6 +71,28 @@ def _list_of(pattern: str, examples: list[str]) -> dict[str, Any]:
     }
 
 
+REFILL = {
+    "type": ["object", "null"],
+    "properties": {
+        "amount": {"type": "integer", "minimum": 1, "maximum": CREDITS_MAX},
+        "interval": {"enum": ["day", "month"]},
+    },
+    "required": ["amount", "interval"],
+    "additionalProperties": False,
+    "description": "remaining is set to amount at 00:00 UTC each day or on the 1st of each "
+    "month. null: no refill.",
+}
+CREDITS_SHOWN = {
+    "type": ["object", "null"],
+    "properties": {
+        "remaining": {"type": ["integer", "null"], "minimum": 0},
+        "refill": REFILL,
+    },
+    "required": ["remaining", "refill"],
+    "description": "The key's credit balance (refills due applied); null: not metered by credits.",
+}
+
+
 def _key_properties() -> dict[str, Any]:
     return {
         "id": KEY_ID,
@@ -91,6 +114,7 @@ def _key_properties() -> dict[str, Any]:
         "allowed_endpoints": STRINGS,
         "rotated_from": _nullable(KEY_ID),
         "rotated_to": _nullable(KEY_ID),
+        "credits": CREDITS_SHOWN,
     }
 
 
@@ -128,6 +152,17 @@ def _key_fields(*, create: bool) -> dict[str, Any]:
             "description": "After now (else 400); null: never expires.",
         },
         "expires_in": {**EXPIRY, "description": "Instead of expires_at: a duration from now."},
+        "credits": {
+            "type": ["object", "null"],
+            "properties": {
+                "remaining": {"type": "integer", "minimum": 0, "maximum": CREDITS_MAX},
+                "refill": REFILL,
+            },
+            "additionalProperties": False,
+            **({"required": ["remaining"]} if create else {}),
+            "description": "Each allowed request spends its route's cost. On update, remaining "
+            "sets the balance (a top-up) and may be left out to keep it; null: no credits.",
+        },
     }
     if not create:
         del fields["mode"]
@@ -729,8 +764,12 @@ def _schemas() -> dict[str, Any]:
         "WebhookEndpointCreate": _object(
             {
                 "url": {"type": "string", "format": "uri"},
-                "events": {**EVENT_PATTERNS, "type": ["array", "null"], "default": ["*"],
-                           "description": "null or absent: every event (*)"},
+                "events": {
+                    **EVENT_PATTERNS,
+                    "type": ["array", "null"],
+                    "default": ["*"],
+                    "description": "null or absent: every event (*)",
+                },
                 "description": {"type": ["string", "null"], "maxLength": 500},
             },
             required=["url"],
@@ -738,8 +777,11 @@ def _schemas() -> dict[str, Any]:
         "WebhookEndpointUpdate": _object(
             {
                 "url": {"type": "string", "format": "uri"},
-                "events": {**EVENT_PATTERNS, "type": ["array", "null"],
-                           "description": "null: every event (*)"},
+                "events": {
+                    **EVENT_PATTERNS,
+                    "type": ["array", "null"],
+                    "description": "null: every event (*)",
+                },
                 "description": {"type": ["string", "null"], "maxLength": 500},
                 "disabled": {"type": "boolean"},
             },

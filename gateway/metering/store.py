@@ -126,7 +126,8 @@ for j = 1, n do
   if ci > 0 then
     c = balances[ci]
     if c == nil then
-      c = balance(KEYS[1 + ci], now) or false
+      -- a metered key whose balance is gone has nothing to spend: never unmetered
+      c = balance(KEYS[1 + ci], now) or {r = 0, b = 0, t = 0, reset = -1}
       balances[ci] = c
     end
   end
@@ -162,7 +163,7 @@ if q then
   redis.call('PEXPIRE', qkey, q.reset + DAY)
 end
 for ci, c in pairs(balances) do
-  if c and c.dirty then redis.call('HSET', KEYS[1 + ci], 'r', c.r, 't', c.t) end
+  if c.dirty then redis.call('HSET', KEYS[1 + ci], 'r', c.r, 't', c.t) end
 end
 return out
 """

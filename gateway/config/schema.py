@@ -18,7 +18,7 @@ from yarl import URL
 from ..checks.cors import DEFAULT_ALLOW_HEADERS, DEFAULT_MAX_AGE, parse_origin_pattern
 from ..permissions import validate_permission
 from ..proxy.paths import PathError, normalise_path
-from .units import Rate, parse_duration, parse_rate
+from .units import Quota, Rate, parse_duration, parse_quota, parse_rate
 
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -26,6 +26,7 @@ HTTP_METHODS = frozenset(
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 RateSpec = Annotated[Rate, BeforeValidator(parse_rate)]
+QuotaSpec = Annotated[Quota, BeforeValidator(parse_quota)]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -235,6 +236,7 @@ class RateLimitsConfig(_Model):
 
 class PlanConfig(_Model):
     rate_limit: RateSpec | None = None
+    quota: QuotaSpec | None = None  # calls per calendar day or month, per account and mode
 
 
 class CircuitBreakerConfig(_Model):

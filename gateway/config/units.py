@@ -1,4 +1,5 @@
-"""Durations (``500ms``, ``30s``, ``5m``, ``24h``, ``90d``) and rates (``100/minute``)."""
+"""Durations (``500ms``, ``30s``, ``5m``, ``24h``, ``90d``), rates (``100/minute``) and
+quotas (``100000/month``)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,34 @@ def parse_rate(value: object) -> Rate:
         raise ValueError("a rate limit must allow at least 1 request")
     unit = match.group(2)
     return Rate(limit=limit, window=WINDOWS[unit], unit=unit)
+
+
+INTERVALS = ("day", "month")  # calendar periods in UTC, for quotas and refills
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A plan's quota: ``limit`` calls per calendar ``unit`` (UTC), per account and mode."""
+
+    limit: int
+    unit: str  # "day" or "month"
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.unit}"
+
+
+def parse_per_period(value: object, what: str) -> tuple[int, str]:
+    """``"1000/month"`` as ``(1000, "month")``; ValueError naming ``what`` otherwise."""
+    if isinstance(value, str):
+        amount, _, unit = value.strip().partition("/")
+        amount, unit = amount.strip(), unit.strip()
+        if amount.isdigit() and unit in INTERVALS:
+            return int(amount), unit
+    raise ValueError(f"{what} must be N/day or N/month (e.g. 1000/month), not {value!r}")
+
+
+def parse_quota(value: object) -> Quota:
+    limit, unit = parse_per_period(value, "quota")
+    if limit < 1:
+        raise ValueError("a quota must allow at least 1 call")
+    return Quota(limit, unit)

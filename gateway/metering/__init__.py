@@ -4,18 +4,9 @@
 - :mod:`.meter`: what the request path calls; one store call decides many requests
 """
 
+from ..config.units import Quota, parse_per_period, parse_quota
 from .meter import Meter, Unmetered
-from .store import (
-    Credits,
-    Crossing,
-    MeterStore,
-    Quota,
-    QuotaUse,
-    Refill,
-    Spent,
-    parse_per_period,
-    parse_quota,
-)
+from .store import Credits, Crossing, MeterStore, QuotaUse, Refill, Spent
 
 __all__ = [
     "Credits",

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from ..config.units import Quota
 from ..store.connection import STORE_ERRORS, StoreUnavailable
 
-INTERVALS = ("day", "month")
 THRESHOLDS = (80, 90, 100)  # percent of a budget; alert levels 1, 2, 3
 
 # Shared by both scripts: calendar periods from a time in ms. A period is a day
@@ -221,17 +221,6 @@ return now
 
 
 @dataclass(frozen=True, slots=True)
-class Quota:
-    """A plan's quota: ``limit`` calls per calendar ``unit`` (UTC), per account and mode."""
-
-    limit: int
-    unit: str  # "day" or "month"
-
-    def __str__(self) -> str:
-        return f"{self.limit}/{self.unit}"
-
-
-@dataclass(frozen=True, slots=True)
 class Refill:
     """Credits set back to ``amount`` at the start of every UTC ``interval``."""
 
@@ -243,23 +232,6 @@ class Refill:
 
     def public(self) -> dict[str, object]:
         return {"amount": self.amount, "interval": self.interval}
-
-
-def parse_per_period(value: object, what: str) -> tuple[int, str]:
-    """``"1000/month"`` as ``(1000, "month")``; ValueError naming ``what`` otherwise."""
-    if isinstance(value, str):
-        amount, _, unit = value.strip().partition("/")
-        amount, unit = amount.strip(), unit.strip()
-        if amount.isdigit() and unit in INTERVALS:
-            return int(amount), unit
-    raise ValueError(f"{what} must be N/day or N/month (e.g. 1000/month), not {value!r}")
-
-
-def parse_quota(value: object) -> Quota:
-    limit, unit = parse_per_period(value, "quota")
-    if limit < 1:
-        raise ValueError("a quota must allow at least 1 call")
-    return Quota(limit, unit)
 
 
 @dataclass(frozen=True, slots=True)

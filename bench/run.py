@@ -986,7 +986,8 @@ def count_lines(path: Path) -> int:
     try:
         with open(path, "rb") as f:
             return sum(
-                chunk.count(b'"http.request.method":') for chunk in iter(lambda: f.read(1 << 20), b"")
+                chunk.count(b'"http.request.method":')
+                for chunk in iter(lambda: f.read(1 << 20), b"")
             )
     except OSError:
         return 0

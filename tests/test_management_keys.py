@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import bearer, new_account, new_key
+from conftest import CLI, bearer, new_account, new_key
 
 from gateway.keys.format import hash_secret
 from gateway.timefmt import isoformat, parse_time
@@ -744,3 +744,25 @@ async def test_a_referrer_pattern_urllib_cannot_split_is_no_server_error(admin, 
     ) as resp:
         assert resp.status == 200
         assert (await resp.json())["data"]["allowed_referrers"] == ["https://[not-an-address/*"]
+
+
+async def test_credits_given_as_whole_floats_are_taken_and_fractions_refused(admin, http):
+    """JSON has one number type: 5000.0 is the whole number the schema's integer allows."""
+    gw, account, _, headers = admin
+    made = await _create(
+        http,
+        gw,
+        headers,
+        credits={"remaining": 5000.0, "refill": {"amount": 20.0, "interval": "day"}},
+    )
+    balance = await gw.service.balances.credits(account, "live", made["id"])
+    assert balance is not None and balance.remaining == 5000
+    record = await gw.service.get_key(CLI, made["id"])
+    assert record.credits["refill"] == {"amount": 20, "interval": "day"}
+    async with http.post(
+        gw.url + "/v1/api-keys",
+        json={"name": "half", "credits": {"remaining": 5.5}},
+        headers=headers,
+    ) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["details"] == {"field": "credits.remaining"}

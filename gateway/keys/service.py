@@ -227,6 +227,9 @@ def validate_key_fields(data: dict[str, Any], *, allowed: tuple[str, ...]) -> di
 
 
 def _count(value: Any, field: str, low: int) -> int:
+    # JSON has one number type: 5000.0 is the whole number the schema's "integer" allows.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= CREDITS_MAX:
         raise InvalidRequest(
             f"{field} must be a whole number from {low} to {CREDITS_MAX}, not {value!r}", field

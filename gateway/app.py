@@ -148,7 +148,12 @@ class GatewayApp:
         )
         holder.append(runtime)
         if config.tracing.otlp_endpoint is not None:
-            runtime.tracer = runtime.pipeline.tracer = Tracer(config.tracing, __version__)
+            runtime.tracer = runtime.pipeline.tracer = Tracer(
+                config.tracing.otlp_endpoint,
+                config.tracing.service_name,
+                config.tracing.sample_ratio,
+                __version__,
+            )
             stack.callback(runtime.tracer.shutdown)  # last: what the closing requests sent
         metrics.watch_cache(lambda: (cache.hits, cache.misses, cache.stale_served, len(cache)))
         health = handle.health

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from .checks.cors import CorsPolicy
-from .config.schema import HTTP_METHODS, Config, CorsConfig, RouteConfig
+from .config.schema import Config, CorsConfig, RouteConfig
 from .config.units import Rate
+from .methods import HTTP_METHODS
 from .proxy.paths import match_prefix
 
 

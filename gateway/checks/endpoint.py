@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..config.schema import HTTP_METHODS
+from ..methods import HTTP_METHODS
 
 
 @dataclass(frozen=True, slots=True)

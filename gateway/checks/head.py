@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from ..config.schema import ServerConfig
+from typing import Protocol
+
 from ..denials import Denial
 
 URI_TOO_LONG = Denial("uri_too_long")
 HEADERS_TOO_LARGE = Denial("request_header_fields_too_large")
 
 
+class HeadLimits(Protocol):
+    """The ``server`` settings this check reads."""
+
+    max_url_bytes: int
+    max_header_count: int
+    max_header_bytes: int
+
+
 def head_denial(
-    raw_target: str, raw_headers: tuple[tuple[bytes, bytes], ...], server: ServerConfig
+    raw_target: str, raw_headers: tuple[tuple[bytes, bytes], ...], server: HeadLimits
 ) -> Denial | None:
     if len(raw_target) > server.max_url_bytes:
         return URI_TOO_LONG

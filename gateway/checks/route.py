@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Protocol
+
 from ..denials import Denial
-from ..routing import Route
 
 ROUTE_NOT_FOUND = Denial("route_not_found")
+
+
+class Route(Protocol):
+    """What this check reads of a route (:class:`gateway.routing.Route`)."""
+
+    methods: Collection[str] | None
+    allow_header: str
+
+    def allows(self, method: str) -> bool: ...
 
 
 def method_denial(route: Route, method: str) -> Denial | None:

@@ -16,13 +16,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from yarl import URL
 
 from ..checks.cors import DEFAULT_ALLOW_HEADERS, DEFAULT_MAX_AGE, parse_origin_pattern
+from ..methods import HTTP_METHODS
 from ..permissions import validate_permission
 from ..proxy.paths import PathError, normalise_path
+from ..telemetry.sdk import sdk_missing
 from .units import Quota, Rate, parse_duration, parse_quota, parse_rate
-
-HTTP_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
-)
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 RateSpec = Annotated[Rate, BeforeValidator(parse_rate)]
@@ -402,8 +400,6 @@ class TracingConfig(_Model):
         url = URL(value)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"{value!r} is not an http:// or https:// URL")
-        from ..telemetry.tracing import sdk_missing
-
         missing = sdk_missing()
         if missing is not None:
             raise ValueError(missing)

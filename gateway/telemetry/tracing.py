@@ -18,12 +18,7 @@ import random
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ..config.schema import TracingConfig
-
-EXTRA = "keygate[tracing]"
+from typing import Any
 
 # version-traceid-parentid-flags; a later version may append fields after a dash.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
@@ -76,19 +71,6 @@ def otlp_traces_url(endpoint: str) -> str:
     return base
 
 
-def sdk_missing() -> str | None:
-    """Why the OpenTelemetry SDK cannot be used here, or None when it can."""
-    try:
-        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
-        import opentelemetry.sdk.trace  # noqa: F401
-    except ImportError as exc:
-        return (
-            f"needs the OpenTelemetry SDK, which is not installed ({exc.name or exc}): "
-            f"install the tracing extra, pip install '{EXTRA}'"
-        )
-    return None
-
-
 class Tracer:
     """Spans of the gateway, exported in batches over OTLP/HTTP (protobuf) from a thread.
 
@@ -96,7 +78,7 @@ class Tracer:
     ``OTEL_BSP_SCHEDULE_DELAY``, 5000 ms by default).
     """
 
-    def __init__(self, config: TracingConfig, version: str):
+    def __init__(self, endpoint: str, service_name: str, sample_ratio: float, version: str):
         from opentelemetry import context, trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
@@ -113,7 +95,6 @@ class Tracer:
             TraceState,
         )
 
-        assert config.otlp_endpoint is not None
         self._context = context
         self._trace = trace
         self._NonRecordingSpan = NonRecordingSpan
@@ -124,13 +105,11 @@ class Tracer:
         self._CLIENT = SpanKind.CLIENT
         self._error = Status(StatusCode.ERROR)
         self.provider = TracerProvider(
-            resource=Resource.create(
-                {"service.name": config.service_name, "service.version": version}
-            ),
-            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+            resource=Resource.create({"service.name": service_name, "service.version": version}),
+            sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
         )
         self.provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_traces_url(config.otlp_endpoint)))
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_traces_url(endpoint)))
         )
         self._tracer = self.provider.get_tracer("keygate", version)
 

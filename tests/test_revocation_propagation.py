@@ -19,6 +19,10 @@ import redis.asyncio as aioredis
 from conftest import bearer, new_account, new_key, run_cli, service_for, upstream_url
 
 from gateway.config import parse_config
+from gateway.config.schema import RedisConfig
+from gateway.keys.cache import KeyCache
+from gateway.keys.invalidation import InvalidationListener
+from gateway.store.connection import pubsub_client
 from gateway.timefmt import isoformat, utcnow
 
 pytestmark = pytest.mark.integration
@@ -200,3 +204,26 @@ async def test_b_follows_a_revocation_made_while_its_subscription_was_down(
     elapsed, status = await _until_refused(http, b, other, 1.0)
     assert status == (401, "revoked_api_key")
     assert elapsed < 1.0
+
+
+async def _never_loads(key_hash: str) -> None:
+    raise AssertionError("nothing is looked up here")
+
+
+async def test_a_listener_stopped_while_it_subscribes_always_stops(redis_url, key_prefix):
+    """Stopping a gateway must not hang: redis-py's timed read on the subscription can end
+    a cancellation as a timeout, which once left the listener reconnecting for ever and
+    close() waiting on it (about one stop in forty made while it subscribes)."""
+    hung = 0
+    for step in range(200):
+        client = pubsub_client(redis_url, RedisConfig())
+        cache = KeyCache(_never_loads, ttl=60, negative_ttl=5, max_size=10, stale_if_error=60)
+        listener = InvalidationListener(client, key_prefix + "inv", cache)
+        listener.start()
+        await asyncio.sleep((step % 40) * 0.0005)  # stopped at every stage of subscribing
+        try:
+            await asyncio.wait_for(asyncio.shield(listener.stop()), 3)
+        except TimeoutError:
+            hung += 1
+        await client.aclose()
+    assert hung == 0

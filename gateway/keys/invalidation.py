@@ -52,6 +52,7 @@ class InvalidationListener:
         self.connected = asyncio.Event()
         self.subscriptions = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -59,14 +60,22 @@ class InvalidationListener:
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Cancel the listener and wait for it. redis-py's timed read can swallow a
+        cancellation (it ends the read as a timeout), so the loop also checks a flag and
+        the cancellation is repeated until the task has ended."""
+        self._stopping = True
+        task = self._task
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
 
     async def _run(self) -> None:
         delay = 0.1
-        while True:
+        while not self._stopping:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
@@ -103,7 +112,7 @@ class InvalidationListener:
 
     async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
         last_heard = last_ping = time.monotonic()
-        while True:
+        while not self._stopping:
             # parse_response, not get_message: a PONG must count as heard, and
             # redis-py's message parsing mangles PONG replies on decoded clients.
             response = await pubsub.parse_response(block=False, timeout=1.0)

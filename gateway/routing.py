@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 from .checks.cors import CorsPolicy
 from .config.schema import HTTP_METHODS, Config, CorsConfig, RouteConfig
-from .config.units import Rate
+from .config.units import RateLimit
 from .proxy.paths import match_prefix
 
 
@@ -72,7 +72,7 @@ class Route:
     strip_prefix: bool
     auth_required: bool
     permissions: dict[str, str] | None
-    rate_limit: Rate | None
+    rate_limit: RateLimit | None  # every window applies
     timeout: float
     forward_authorization: bool
     circuit_breaker: tuple[int, float] | None = None  # (failures, cooldown)

@@ -18,14 +18,15 @@ from yarl import URL
 from ..checks.cors import DEFAULT_ALLOW_HEADERS, DEFAULT_MAX_AGE, parse_origin_pattern
 from ..permissions import validate_permission
 from ..proxy.paths import PathError, normalise_path
-from .units import Quota, Rate, parse_duration, parse_quota, parse_rate
+from .units import Quota, RateLimit, parse_duration, parse_quota, parse_rate_limit
 
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-RateSpec = Annotated[Rate, BeforeValidator(parse_rate)]
+# one rate (``100/minute``) or a list of windows (``[10/second, 1000/hour]``), all applying
+RateSpec = Annotated[RateLimit, BeforeValidator(parse_rate_limit)]
 QuotaSpec = Annotated[Quota, BeforeValidator(parse_quota)]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

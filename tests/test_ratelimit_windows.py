@@ -26,7 +26,8 @@ from conftest import (
 from gateway.config import ConfigError, load_config, parse_config
 from gateway.config.units import parse_rate_limit
 from gateway.keys.model import CompiledKey, KeyRecord
-from gateway.ratelimit import MemoryLimitStore, RateLimiter, RedisLimitStore
+from gateway.ratelimit import MemoryLimitStore, RateLimiter, RedisLimitStore, Take
+from gateway.store.connection import StoreUnavailable
 
 START = 1_000_000.0
 
@@ -64,9 +65,11 @@ def store(request, redis_client, key_prefix):
     return MemoryLimitStore()
 
 
-def limiter_on(store, clock, prefix, plans=None) -> RateLimiter:
+def limiter_on(store, clock, prefix, plans=None, **options) -> RateLimiter:
     plans = plans or {}
-    return RateLimiter(store, prefix=prefix, plan_rate=plans.get, clock=clock, store_clock=False)
+    return RateLimiter(
+        store, prefix=prefix, plan_rate=plans.get, clock=clock, store_clock=False, **options
+    )
 
 
 async def spent(redis_client, name: str, clock: Clock | None = None) -> int:
@@ -201,6 +204,38 @@ async def test_a_lease_for_several_windows_grants_each_the_same_units(redis_clie
     minute = f"{key_prefix}rl:{{key_lease}}:k:60"
     hour = f"{key_prefix}rl:{{key_lease}}:k:3600"
     assert (await spent(redis_client, minute), await spent(redis_client, hour)) == (5, 5)
+
+
+class DownStore:
+    """A shared store that is unreachable."""
+
+    async def take(self, takes, now_ms=None):
+        raise StoreUnavailable("connection refused")
+
+
+async def test_while_the_store_is_down_the_local_limiter_keeps_every_window(key_prefix):
+    clock = Clock()
+    limiter = limiter_on(DownStore(), clock, key_prefix, on_store_error="local")
+    key = compiled_key("key_down", ("2/second", "3/minute"))
+    decisions = [await limiter.check(key, "r", None) for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert decisions[-1].limit.name == "key-second"
+    clock.advance(1.0)
+    decisions = [await limiter.check(key, "r", None) for _ in range(2)]
+    assert [d.allowed for d in decisions] == [True, False]
+    assert decisions[-1].limit.name == "key-minute"  # the refused third spent no minute unit
+
+
+async def test_the_store_grants_every_window_the_same_units_or_none(store, key_prefix):
+    minute = Take(key=key_prefix + "w:60", limit=3, window_ms=60_000, want=5)
+    hour = Take(key=key_prefix + "w:3600", limit=100, window_ms=3_600_000, want=5)
+    first = await store.take([minute, hour], 1_000)
+    assert [g.granted for g in first] == [3, 3]  # not 5 of the hour for 3 of the minute
+    assert [g.remaining for g in first] == [0, 97]
+    refused = await store.take([minute, hour], 2_000)
+    assert [g.granted for g in refused] == [0, 0]
+    assert refused[0].retry_ms == 59_000 and refused[1].retry_ms == 0  # the minute refused
+    assert refused[1].remaining == 97  # and the hour gave nothing for it
 
 
 # -- validation ------------------------------------------------------------------------------

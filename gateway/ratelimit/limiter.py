@@ -12,11 +12,12 @@ takes units from the store in grants and spends them locally.
 - A request that finds units in hand for each of its counters is decided
   without any I/O; one counter short and it spends from none.
 - Otherwise it asks the store, in one call for all its short counters
-  (granted all or none, and the same number of units each), for as many units as there are requests
-  waiting on that counter (one call, however many wait), plus, for a key
-  busy enough to use them and a limit large enough to spare them, a few
-  *prefetched* units: at most 1/50 of the limit, spent within ``hold``
-  (0.5% of the window, at most 250 ms) or given back at the next grant.
+  (granted all or none, and the same number of units each), for as many
+  units as there are requests waiting on them (one call, however many
+  wait), plus, for a key busy enough to use them and a limit large enough
+  to spare them, a few *prefetched* units: at most 1/50 of the limit, spent
+  within ``hold`` (0.5% of the window, at most 250 ms) or given back at the
+  next grant.
   The store logs a prefetched grant as spent at the end of its hold, so the
   units actually spent in any window never exceed the limit, whatever the
   number of workers; small limits are never prefetched and stay exact to

@@ -101,6 +101,12 @@ SCENARIOS: list[Scenario] = [
         headers=bearer("limited"),
     ),
     Scenario(
+        "gateway_3_windows",
+        "gateway, cached key, plan with 3 rate windows never reached",
+        "gateway",
+        headers=bearer("windows"),
+    ),
+    Scenario(
         "gateway_alerts_off",
         "gateway, cached key + rate limit, alert detectors off",
         "gateway_alerts_off",
@@ -180,7 +186,22 @@ KEYS: dict[str, list[str]] = {
     "reader": ["--permissions", "read"],
     # a limit on every request, high enough never to answer 429
     "limited": ["--permissions", "read", "--rate-limit", "100000000/minute"],
+    "windows": ["--permissions", "read"],
 }
+
+# The gateway's plans; a key of KEY_PLANS belongs to an account on that plan, else "default".
+PLANS: dict[str, dict] = {
+    "default": {},
+    # three windows on every request, none ever reached
+    "three_windows": {"rate_limit": ["100000/second", "10000000/hour", "100000000/day"]},
+}
+KEY_PLANS: dict[str, str] = {"windows": "three_windows"}
+
+# Ratios printed after the table (not goals): what each row costs against another.
+COMPARISONS: list[tuple[str, str, str]] = [
+    ("gateway_3_windows", "gateway_rate_limited", "3 rate windows against 1"),
+    ("gateway_3_windows", "gateway_cached_key", "3 rate windows against none"),
+]
 
 
 # -- processes ----------------------------------------------------------------
@@ -425,7 +446,7 @@ class Bench:
             "server": {"host": "127.0.0.1", "port": port, "access_log": True},
             "admin": {"host": "127.0.0.1", "port": admin, "enabled": True},
             "redis": redis,
-            "plans": {"default": {}},
+            "plans": PLANS,
             "routes": routes,
         }
         self.config_path = self.tmp / "gateway.yaml"
@@ -436,8 +457,17 @@ class Bench:
         proc = self.procs.start("gateway", argv, self.tmp / "gateway.log", cwd=ROOT, env=env)
         wait_until(lambda: http_get(admin, "/readyz")[0] == 200, "gateway", proc, 30)
         account = self.cli("accounts", "create", "--name", "bench", "--json")
-        self._account = account["id"]
+        self._accounts = {"default": account["id"]}
         return Service("gateway", port, proc)
+
+    def account(self, plan: str) -> str:
+        """The bench account on ``plan`` (created on first use)."""
+        if plan not in self._accounts:
+            made = self.cli(
+                "accounts", "create", "--name", f"bench-{plan}", "--plan", plan, "--json"
+            )
+            self._accounts[plan] = made["id"]
+        return self._accounts[plan]
 
     def cli(self, *args: str) -> dict:
         argv = [PYTHON, "-m", "gateway", "--config", str(self.config_path), *args]
@@ -450,7 +480,8 @@ class Bench:
         """The secret of bench key ``name`` (created on first use; never printed)."""
         if name not in self._keys:
             self.service("gateway")
-            created = self.cli("keys", "create", "--account", self._account,
+            account = self.account(KEY_PLANS.get(name, "default"))
+            created = self.cli("keys", "create", "--account", account,
                                "--name", f"bench-{name}", *KEYS[name], "--json")  # fmt: skip
             self._keys[name] = created["key"]
         return self._keys[name]
@@ -968,6 +999,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'PASS' if ok else 'FAIL'}: {goal.text}: "
               f"{goal.scenario} = {value:.3f} x {goal.baseline} (goal >= {goal.min_ratio})"
               + (f"; by CPU per request {by_cpu:.3f}" if by_cpu else ""))  # fmt: skip
+    for name, baseline, text in COMPARISONS:
+        value = ratio(rows, name, baseline)
+        if value is not None:
+            by_cpu = cpu_ratio(rows, name, baseline)
+            print(f"{text}: {name} = {value:.3f} x {baseline}"
+                  + (f"; by CPU per request {by_cpu:.3f}" if by_cpu else ""))  # fmt: skip
     contended = [n for n, r in rows.items() if r.get("server_core_others", 0) > 0.05]
     if contended:
         print("note: other work shared the measured core during " + ", ".join(contended)

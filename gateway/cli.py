@@ -78,7 +78,7 @@ def _key_lines(record: KeyRecord, last_used: str | None, rotation_days: int) -> 
         ("expires", record.expires_at or "never"),
         ("revoked", record.revoked_at or "-"),
         ("last used", last_used or "never"),
-        ("rate limit", record.rate_limit or "plan default"),
+        ("rate limit", _rate_limit_text(record.rate_limit)),
         ("allowed ips", ", ".join(record.allowed_ips) or "any"),
         ("allowed referrers", ", ".join(record.allowed_referrers) or "any"),
         ("allowed endpoints", ", ".join(record.allowed_endpoints) or "any"),
@@ -181,7 +181,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     if args.allow_endpoint:
         data["allowed_endpoints"] = args.allow_endpoint
     if args.rate_limit:
-        data["rate_limit"] = args.rate_limit
+        data["rate_limit"] = _rate_limit_option(args.rate_limit)
     if args.metadata:
         try:
             data["metadata"] = json.loads(args.metadata)
@@ -203,6 +203,20 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(_with_service(config, work))
+
+
+def _rate_limit_option(given: list[str]) -> str | list[str]:
+    """``--rate-limit`` as the API takes it: one rate, or a list when several windows are given."""
+    rates = [part.strip() for value in given for part in value.split(",") if part.strip()]
+    if not rates:
+        raise Refused("--rate-limit needs a rate such as 100/minute")
+    return rates[0] if len(rates) == 1 else rates
+
+
+def _rate_limit_text(rate_limit: str | tuple[str, ...] | None) -> str:
+    if rate_limit is None:
+        return "plan default"
+    return rate_limit if isinstance(rate_limit, str) else ", ".join(rate_limit)
 
 
 CLEARABLE = {
@@ -248,7 +262,7 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
     if args.allow_endpoint:
         data["allowed_endpoints"] = args.allow_endpoint
     if args.rate_limit:
-        data["rate_limit"] = args.rate_limit
+        data["rate_limit"] = _rate_limit_option(args.rate_limit)
     if args.metadata:
         try:
             data["metadata"] = json.loads(args.metadata)
@@ -534,7 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-ip", action="append", metavar="CIDR")
     p.add_argument("--allow-referrer", action="append", metavar="PATTERN")
     p.add_argument("--allow-endpoint", action="append", metavar="PATTERN")
-    p.add_argument("--rate-limit", help="e.g. 100/minute")
+    p.add_argument(
+        "--rate-limit",
+        action="append",
+        help="e.g. 100/minute; several windows comma-separated or repeated: 10/second,1000/hour",
+    )
     p.add_argument("--metadata", help="a flat JSON object")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_create)
@@ -549,7 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-ip", action="append", metavar="CIDR", help="replaces the list")
     p.add_argument("--allow-referrer", action="append", metavar="PATTERN")
     p.add_argument("--allow-endpoint", action="append", metavar="PATTERN")
-    p.add_argument("--rate-limit", help="e.g. 100/minute")
+    p.add_argument(
+        "--rate-limit",
+        action="append",
+        help="e.g. 100/minute; several windows comma-separated or repeated: 10/second,1000/hour",
+    )
     p.add_argument("--metadata", help="a flat JSON object, replaces the metadata")
     p.add_argument(
         "--clear", action="append", choices=sorted(CLEARABLE), metavar="FIELD",

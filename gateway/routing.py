@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 from .checks.cors import CorsPolicy
 from .config.schema import Config, CorsConfig, RouteConfig
-from .config.units import Rate
+from .config.units import RateLimit
 from .methods import HTTP_METHODS
 from .proxy.paths import match_prefix
 
@@ -73,7 +73,7 @@ class Route:
     strip_prefix: bool
     auth_required: bool
     permissions: dict[str, str] | None
-    rate_limit: Rate | None
+    rate_limit: RateLimit | None  # every window applies
     timeout: float
     forward_authorization: bool
     circuit_breaker: tuple[int, float] | None = None  # (failures, cooldown)

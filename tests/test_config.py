@@ -68,12 +68,12 @@ class TestTypedLoading:
         config = load_config(write(tmp_path, FULL_EXAMPLE))
         users, public = config.routes
         assert users.timeout == 0.5
-        assert users.rate_limit == Rate(limit=100, window=1, unit="second")
+        assert users.rate_limit == (Rate(limit=100, window=1, unit="second"),)
         assert users.methods == ("GET", "POST", "DELETE")
         assert users.permissions == {"GET": "read", "*": "write"}
         assert users.test_upstream == "http://127.0.0.1:8001"
-        assert config.plans["default"].rate_limit == Rate(60, 60, "minute")
-        assert config.plans["pro"].rate_limit == Rate(1000, 60, "minute")
+        assert config.plans["default"].rate_limit == (Rate(60, 60, "minute"),)
+        assert config.plans["pro"].rate_limit == (Rate(1000, 60, "minute"),)
         assert config.keys.cache_ttl == 30.0
         assert config.server.trusted_proxies == (
             ipaddress.ip_network("10.0.0.0/8"),

@@ -35,15 +35,27 @@ def routes(upstream, **extra_route):
     ]  # fmt: skip
 
 
+def policies(headers) -> dict[str, tuple[int, int]]:
+    """``RateLimit-Policy`` (every limit that applies) as {name: (q, w)}."""
+    out = {}
+    for item in headers["RateLimit-Policy"].split(", "):
+        policy = POLICY.match(item)
+        assert policy, headers["RateLimit-Policy"]
+        out[policy["name"]] = (int(policy["q"]), int(policy["w"]))
+    return out
+
+
 def parsed(headers) -> dict:
-    policy = POLICY.match(headers["RateLimit-Policy"])
+    """The limit ``RateLimit`` describes (the one closest to running out), with its policy."""
     state = STATE.match(headers["RateLimit"])
-    assert policy and state, (headers["RateLimit-Policy"], headers["RateLimit"])
-    assert policy["name"] == state["name"]
+    assert state, headers["RateLimit"]
+    listed = policies(headers)
+    assert state["name"] in listed, (headers["RateLimit-Policy"], headers["RateLimit"])
+    q, w = listed[state["name"]]
     out = {
-        "name": policy["name"],
-        "q": int(policy["q"]),
-        "w": int(policy["w"]),
+        "name": state["name"],
+        "q": q,
+        "w": w,
         "r": int(state["r"]),
         "t": int(state["t"]),
     }

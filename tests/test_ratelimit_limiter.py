@@ -61,7 +61,7 @@ def compiled_key(
     return CompiledKey.build(record, plan)
 
 
-PLANS = {"default": parse_rate("5/minute"), "pro": parse_rate("1000000/minute")}
+PLANS = {"default": (parse_rate("5/minute"),), "pro": (parse_rate("1000000/minute"),)}
 
 
 def limiter_on(store, clock: Clock, prefix: str = "t:", **options) -> RateLimiter:
@@ -116,7 +116,7 @@ async def test_route_limit_applies_on_top_and_the_tightest_answers():
     clock = Clock()
     limiter = limiter_on(MemoryLimitStore(), clock)
     key = compiled_key(plan="pro")
-    route_rate = parse_rate("3/second")
+    route_rate = (parse_rate("3/second"),)
     decisions = await outcomes(limiter, key, 4, "users", route_rate)
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert decisions[-1].limit.name == "route-users"
@@ -161,10 +161,10 @@ async def test_headers_describe_the_limit_closest_to_running_out():
     clock = Clock()
     limiter = limiter_on(MemoryLimitStore(), clock)
     key = compiled_key()  # 5/minute
-    route_rate = parse_rate("3/second")
+    route_rate = (parse_rate("3/second"),)
     first = await limiter.check(key, "users", route_rate)
     assert first.headers() == {
-        "RateLimit-Policy": '"route-users";q=3;w=1',
+        "RateLimit-Policy": '"default";q=5;w=60, "route-users";q=3;w=1',
         "RateLimit": '"route-users";r=2;t=1',
         "X-RateLimit-Limit": "3",
         "X-RateLimit-Remaining": "2",
@@ -182,7 +182,7 @@ async def test_headers_describe_the_limit_closest_to_running_out():
     clock.advance(2)
     # now the plan has 1 left (5 - 4) and the route 2: the plan answers
     headers = (await limiter.check(key, "users", route_rate)).headers()
-    assert headers["RateLimit-Policy"] == '"default";q=5;w=60'
+    assert headers["RateLimit-Policy"] == '"default";q=5;w=60, "route-users";q=3;w=1'
     assert headers["RateLimit"] == '"default";r=1;t=54'
     assert headers["X-RateLimit-Remaining"] == "1" and headers["X-RateLimit-Reset"] == "54"
 

@@ -20,10 +20,11 @@ from ..methods import HTTP_METHODS
 from ..permissions import validate_permission
 from ..proxy.paths import PathError, normalise_path
 from ..telemetry.sdk import sdk_missing
-from .units import Quota, Rate, parse_duration, parse_quota, parse_rate
+from .units import Quota, RateLimit, parse_duration, parse_quota, parse_rate_limit
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-RateSpec = Annotated[Rate, BeforeValidator(parse_rate)]
+# one rate (``100/minute``) or a list of windows (``[10/second, 1000/hour]``), all applying
+RateSpec = Annotated[RateLimit, BeforeValidator(parse_rate_limit)]
 QuotaSpec = Annotated[Quota, BeforeValidator(parse_quota)]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

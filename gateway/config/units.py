@@ -1,5 +1,6 @@
-"""Durations (``500ms``, ``30s``, ``5m``, ``24h``, ``90d``), rates (``100/minute``) and
-quotas (``100000/month``)."""
+"""Durations (``500ms``, ``30s``, ``5m``, ``24h``, ``90d``), rates (``100/minute``), rate
+limits (one rate or a list of windows: ``[10/second, 1000/hour]``) and quotas
+(``100000/month``)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,40 @@ def parse_rate(value: object) -> Rate:
         raise ValueError("a rate limit must allow at least 1 request")
     unit = match.group(2)
     return Rate(limit=limit, window=WINDOWS[unit], unit=unit)
+
+
+MAX_WINDOWS = 5  # a rate limit has at most this many windows
+
+RateLimit = tuple[Rate, ...]  # every window applies; shortest window first
+
+
+def parse_rate_limit(value: object) -> RateLimit:
+    """One rate or a list of 1 to 5 with distinct windows, as a tuple shortest window first.
+
+    Raises ValueError saying what is accepted; callers add the field's name.
+    """
+    if isinstance(value, str | Rate):
+        return (parse_rate(value),)
+    if not isinstance(value, list | tuple):
+        raise ValueError(
+            "expected a rate such as 100/minute or a list such as [10/second, 1000/hour]"
+        )
+    if not 1 <= len(value) <= MAX_WINDOWS:
+        raise ValueError(f"a list of rates has 1 to {MAX_WINDOWS} windows, not {len(value)}")
+    rates = [parse_rate(item) for item in value]
+    seen: set[int] = set()
+    for rate in rates:
+        if rate.window in seen:
+            raise ValueError(f"two rates per {rate.unit}: give each window once")
+        seen.add(rate.window)
+    return tuple(sorted(rates, key=lambda rate: rate.window))
+
+
+def rate_limit_value(rates: RateLimit) -> str | list[str]:
+    """How a rate limit is written back: a string for one window, a list for several."""
+    if len(rates) == 1:
+        return str(rates[0])
+    return [str(rate) for rate in rates]
 
 
 INTERVALS = ("day", "month")  # calendar periods in UTC, for quotas and refills

@@ -10,7 +10,7 @@ from typing import Any
 from ..checks.endpoint import EndpointRule, compile_allowed_endpoints
 from ..checks.ip import Network, compile_allowed_ips
 from ..checks.referrer import ReferrerRule, compile_allowed_referrers
-from ..config.units import Rate, parse_rate
+from ..config.units import RateLimit, parse_rate_limit
 from ..timefmt import parse_time, utcnow
 
 
@@ -46,7 +46,7 @@ class KeyRecord:
     expires_at: str | None = None
     revoked_at: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    rate_limit: str | None = None
+    rate_limit: str | tuple[str, ...] | None = None  # one rate, or several windows as given
     allowed_ips: tuple[str, ...] = ()
     allowed_referrers: tuple[str, ...] = ()
     allowed_endpoints: tuple[str, ...] = ()
@@ -64,6 +64,8 @@ class KeyRecord:
         data = json.loads(text)
         for name in ("permissions", "allowed_ips", "allowed_referrers", "allowed_endpoints"):
             data[name] = tuple(data.get(name) or ())
+        if isinstance(data.get("rate_limit"), list):
+            data["rate_limit"] = tuple(data["rate_limit"])
         return cls(**data)
 
     def evolve(self, **changes: Any) -> KeyRecord:
@@ -98,7 +100,9 @@ class KeyRecord:
             "revoked_at": self.revoked_at,
             "last_used_at": last_used_at,
             "metadata": dict(self.metadata),
-            "rate_limit": self.rate_limit,
+            "rate_limit": (
+                list(self.rate_limit) if isinstance(self.rate_limit, tuple) else self.rate_limit
+            ),
             "allowed_ips": list(self.allowed_ips),
             "allowed_referrers": list(self.allowed_referrers),
             "allowed_endpoints": list(self.allowed_endpoints),
@@ -129,7 +133,7 @@ class CompiledKey:
     allowed_ips: tuple[Network, ...]
     allowed_referrers: tuple[ReferrerRule, ...]
     allowed_endpoints: tuple[EndpointRule, ...]
-    rate_limit: Rate | None
+    rate_limit: RateLimit | None
     upstream_headers: tuple[tuple[str, str], ...]
     upstream_head: bytes = b""  # the same as header lines, for the upstream request head
     credits_id: str | None = None  # the balance the key spends; None: not metered by credits
@@ -162,7 +166,7 @@ class CompiledKey:
             allowed_ips=compile_allowed_ips(record.allowed_ips),
             allowed_referrers=compile_allowed_referrers(record.allowed_referrers),
             allowed_endpoints=compile_allowed_endpoints(record.allowed_endpoints),
-            rate_limit=parse_rate(record.rate_limit) if record.rate_limit else None,
+            rate_limit=parse_rate_limit(record.rate_limit) if record.rate_limit else None,
             upstream_headers=tuple(headers),
             upstream_head="".join(f"{name}: {value}\r\n" for name, value in headers).encode(),
             credits_id=record.credits_id,

@@ -17,7 +17,7 @@ from ..checks.endpoint import compile_endpoint
 from ..checks.ip import compile_allowed_ips
 from ..checks.referrer import compile_referrer
 from ..config.schema import Config
-from ..config.units import parse_duration, parse_rate
+from ..config.units import MAX_WINDOWS, parse_duration, parse_rate, parse_rate_limit
 from ..events.log import EventLog
 from ..events.webhooks import WebhookStore
 from ..metering import MeterStore, Refill
@@ -205,16 +205,7 @@ def validate_key_fields(data: dict[str, Any], *, allowed: tuple[str, ...]) -> di
                     raise InvalidRequest(str(exc), field) from None
             out[field] = tuple(v.strip() for v in values)
     if "rate_limit" in data:
-        rate = data["rate_limit"]
-        if rate is not None:
-            if not isinstance(rate, str) or _RATE_PATTERN.fullmatch(rate) is None:
-                raise InvalidRequest(
-                    f"rate_limit must be N/second, N/minute, N/hour or N/day with N from 1 "
-                    f"(no spaces), not {rate!r}",
-                    "rate_limit",
-                )
-            rate = str(parse_rate(rate))
-        out["rate_limit"] = rate
+        out["rate_limit"] = _rate_limit(data["rate_limit"])
     if "credits" in data:
         out["credits"] = _credits(data["credits"])
     if "expires_at" in data and "expires_in" in data:
@@ -235,6 +226,35 @@ def _count(value: Any, field: str, low: int) -> int:
             f"{field} must be a whole number from {low} to {CREDITS_MAX}, not {value!r}", field
         )
     return value
+
+
+def _rate_limit(value: Any) -> str | tuple[str, ...] | None:
+    """One rate, or a list of 1 to 5 rates with distinct windows, kept in the order given."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if not 1 <= len(value) <= MAX_WINDOWS:
+            raise InvalidRequest(
+                f"rate_limit as a list has 1 to {MAX_WINDOWS} rates, not {len(value)}",
+                "rate_limit",
+            )
+        rates = tuple(_one_rate(item) for item in value)
+        try:
+            parse_rate_limit(list(rates))
+        except ValueError as exc:
+            raise InvalidRequest(f"rate_limit: {exc}", "rate_limit") from None
+        return rates
+    return _one_rate(value)
+
+
+def _one_rate(value: Any) -> str:
+    if not isinstance(value, str) or _RATE_PATTERN.fullmatch(value) is None:
+        raise InvalidRequest(
+            f"rate_limit must be N/second, N/minute, N/hour or N/day with N from 1 "
+            f"(no spaces), or a list of such rates, not {value!r}",
+            "rate_limit",
+        )
+    return str(parse_rate(value))
 
 
 def _credits(value: Any) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..config.units import MAX_WINDOWS, WINDOWS
 from ..events.log import EVENT_TYPES
 from ..keys import patterns
 from ..keys.patterns import anchored
@@ -42,7 +43,24 @@ EVENT_ID = {"type": "string", "pattern": "^evt_[A-Za-z0-9]+$"}
 ACCOUNT_ID = {"type": "string", "pattern": "^acct_[A-Za-z0-9_-]+$"}
 MODE = {"type": "string", "enum": ["live", "test"]}
 STRINGS = {"type": "array", "items": {"type": "string"}}
-RATE_LIMIT = {"type": "string", "pattern": anchored(patterns.RATE), "examples": ["100/minute"]}
+RATE = {"type": "string", "pattern": anchored(patterns.RATE), "examples": ["100/minute"]}
+RATES = {
+    "type": "array",
+    "items": RATE,
+    "minItems": 1,
+    "maxItems": MAX_WINDOWS,
+    # at most one rate per window length
+    "allOf": [
+        {"contains": {"pattern": f"/{unit}$"}, "minContains": 0, "maxContains": 1}
+        for unit in WINDOWS
+    ],
+    "examples": [["10/second", "1000/hour"]],
+}
+RATE_LIMIT_NULLABLE = {
+    "oneOf": [RATE, RATES, {"type": "null"}],
+    "description": "One rate, or a list of rates with distinct windows (every window applies; "
+    "a request refused by one spends nothing from the others). Answered as given.",
+}
 GRACE = {
     "type": "string",
     "pattern": anchored(patterns.GRACE_PERIOD),
@@ -108,7 +126,7 @@ def _key_properties() -> dict[str, Any]:
         "revoked_at": _nullable(TIMESTAMP),
         "last_used_at": _nullable(TIMESTAMP),
         "metadata": METADATA,
-        "rate_limit": _nullable(RATE_LIMIT),
+        "rate_limit": RATE_LIMIT_NULLABLE,
         "allowed_ips": STRINGS,
         "allowed_referrers": STRINGS,
         "allowed_endpoints": STRINGS,
@@ -143,8 +161,10 @@ def _key_fields(*, create: bool) -> dict[str, Any]:
             "null or []: no restriction.",
         },
         "rate_limit": {
-            **_nullable(RATE_LIMIT),
-            "description": "Replaces the plan's limit for this key.",
+            **RATE_LIMIT_NULLABLE,
+            "description": "Replaces the plan's limit for this key: one rate (100/minute) or a "
+            "list of rates with distinct windows ([10/second, 1000/hour]), every window "
+            "applying. null: the plan's.",
         },
         "expires_at": {
             **_nullable(TIMESTAMP),

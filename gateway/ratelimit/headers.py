@@ -4,6 +4,11 @@
 window; ``RateLimit: "default";r=42;t=30`` says what is left and in how many
 seconds the window resets; ``X-RateLimit-Limit``, ``-Remaining`` and
 ``-Reset`` repeat ``q``, ``r`` and ``t`` for clients that only know those.
+
+Where several limits apply (a key's windows, a route's on top), the policy
+header lists every one of them (``"default-second";q=10;w=1,
+"default-hour";q=1000;w=3600``) and the other headers describe the one closest
+to running out.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from .policy import Limit, sf_string
 
 
 class PolicyHeaders:
-    """The header text of one limit, built once; :meth:`render` adds the live numbers."""
+    """The header text of one limit, built once; :meth:`render` adds the live numbers.
+
+    ``policy`` is the whole ``RateLimit-Policy`` value when more limits than ``limit`` apply.
+    """
 
     __slots__ = ("policy", "item", "quota")
 
-    def __init__(self, limit: Limit):
-        self.policy = limit.policy_header()
+    def __init__(self, limit: Limit, policy: str | None = None):
+        self.policy = limit.policy_header() if policy is None else policy
         self.item = sf_string(limit.name)
         self.quota = str(limit.rate.limit)
 

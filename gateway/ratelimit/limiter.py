@@ -1,16 +1,23 @@
 """The rate limiter the pipeline asks after the permission check.
 
+Every window of a request's limits (the key's or its plan's, plus the
+route's, SPEC §16) is a counter of its own, and a request is admitted only
+when every counter has a unit for it: nothing is spent from one window when
+another refuses.
+
 Budgets live in a shared :class:`~gateway.ratelimit.store.LimitStore` (Redis
 in production), but a request does not wait on the store each time: a worker
 takes units from the store in grants and spends them locally.
 
-- A request that finds units in hand for each of its limits is decided
-  without any I/O.
-- Otherwise it asks the store for as many units as there are requests
-  waiting on that counter (one call, however many wait), plus, for a key
-  busy enough to use them and a limit large enough to spare them, a few
-  *prefetched* units: at most 1/50 of the limit, spent within ``hold``
-  (0.5% of the window, at most 250 ms) or given back at the next grant.
+- A request that finds units in hand for each of its counters is decided
+  without any I/O; one counter short and it spends from none.
+- Otherwise it asks the store, in one call for all its short counters
+  (granted all or none, and the same number of units each), for as many
+  units as there are requests waiting on them (one call, however many
+  wait), plus, for a key busy enough to use them and a limit large enough
+  to spare them, a few *prefetched* units: at most 1/50 of the limit, spent
+  within ``hold`` (0.5% of the window, at most 250 ms) or given back at the
+  next grant.
   The store logs a prefetched grant as spent at the end of its hold, so the
   units actually spent in any window never exceed the limit, whatever the
   number of workers; small limits are never prefetched and stay exact to
@@ -32,11 +39,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..config.units import Rate
+from ..config.units import RateLimit
 from ..denials import Denial
 from ..store.connection import StoreUnavailable
 from .headers import PolicyHeaders
-from .policy import Limit, key_limit, route_limit
+from .policy import Limit, key_limits, policy_header, route_limits
 from .store import Grant, LimitStore, MemoryLimitStore, Take
 
 if TYPE_CHECKING:
@@ -101,7 +108,6 @@ class _Counter:
     __slots__ = (
         "key",
         "limit",
-        "form",
         "tokens",
         "expires",
         "remaining",
@@ -118,7 +124,6 @@ class _Counter:
     def __init__(self, key: str, limit: Limit):
         self.key = key
         self.limit = limit
-        self.form = PolicyHeaders(limit)
         self.tokens = 0
         self.expires = 0.0
         self.remaining = limit.rate.limit
@@ -188,15 +193,17 @@ class _Counter:
 
 
 class _Group:
-    """The counters one (key, route) pair draws from, tightest first in nothing but order."""
+    """The counters one (key, route) pair draws from, one per window, and their headers."""
 
-    __slots__ = ("counters",)
+    __slots__ = ("counters", "forms")
 
     def __init__(self, counters: tuple[_Counter, ...]):
         self.counters = counters
+        policy = policy_header([c.limit for c in counters])
+        self.forms = {c.key: PolicyHeaders(c.limit, policy) for c in counters}
 
 
-PlanRate = Callable[[str], Rate | None]
+PlanRate = Callable[[str], RateLimit | None]
 
 
 class RateLimiter:
@@ -238,8 +245,9 @@ class RateLimiter:
     # -- the request path -----------------------------------------------------
 
     async def check(
-        self, key: CompiledKey, route_name: str, route_rate: Rate | None
+        self, key: CompiledKey, route_name: str, route_rate: RateLimit | None
     ) -> RateLimitDecision | None:
+        """Admit the request only if every window of its limits has a unit for it."""
         group = self._group(key, route_name, route_rate)
         if group is None:
             return None
@@ -247,13 +255,15 @@ class RateLimiter:
         counters = group.counters
         for c in counters:
             if c.tokens <= 0 or now >= c.expires:
-                return await self._wait(counters)
+                return await self._wait(group)
         for c in counters:
             c.tokens -= 1
             c.used += 1
-        return self._allowed(counters, now)
+        return self._allowed(group, now)
 
-    def _group(self, key: CompiledKey, route_name: str, route_rate: Rate | None) -> _Group | None:
+    def _group(
+        self, key: CompiledKey, route_name: str, route_rate: RateLimit | None
+    ) -> _Group | None:
         own = key.rate_limit
         plan_rate = self.plan_rate(key.plan) if own is None else None
         if own is None and plan_rate is None and route_rate is None:
@@ -268,14 +278,7 @@ class RateLimiter:
         )
         group = self._groups.get(cache_key)
         if group is None:
-            limits = [
-                limit
-                for limit in (
-                    key_limit(own, key.plan, plan_rate),
-                    route_limit(route_name, route_rate),
-                )
-                if limit is not None
-            ]
+            limits = key_limits(own, key.plan, plan_rate) + route_limits(route_name, route_rate)
             group = _Group(tuple(self._counter(key.record.id, limit) for limit in limits))
             self._groups[cache_key] = group
         return group
@@ -286,12 +289,14 @@ class RateLimiter:
         if counter is None:
             counter = self._counters[name] = _Counter(name, limit)
         elif counter.limit != limit:
+            # a new rate on the same window: the store decides afresh, not a refusal remembered
             counter.limit = limit
-            counter.form = PolicyHeaders(limit)
+            counter.denied_until = 0.0
             counter.remaining = min(counter.remaining, limit.rate.limit)
         return counter
 
-    async def _wait(self, counters: tuple[_Counter, ...]) -> RateLimitDecision:
+    async def _wait(self, group: _Group) -> RateLimitDecision:
+        counters = group.counters
         for c in counters:
             c.waiting += 1
         try:
@@ -299,13 +304,13 @@ class RateLimiter:
                 now = self._clock()
                 denied = [c for c in counters if c.denied_until > now]
                 if denied:
-                    return self._denied(denied, now)
+                    return self._denied(group, denied, now)
                 short = [c for c in counters if c.tokens <= 0 or now >= c.expires]
                 if not short:
                     for c in counters:
                         c.tokens -= 1
                         c.used += 1
-                    return self._allowed(counters, now)
+                    return self._allowed(group, now)
                 pending = next((c.inflight for c in short if c.inflight is not None), None)
                 if pending is None:
                     pending = asyncio.ensure_future(self._refill(short))
@@ -370,10 +375,11 @@ class RateLimiter:
 
     # -- answers ----------------------------------------------------------------
 
-    def _allowed(self, counters: Sequence[_Counter], now: float) -> RateLimitDecision:
+    def _allowed(self, group: _Group, now: float) -> RateLimitDecision:
+        """Headers of the counter closest to running out: fewest left, then longest to reset."""
         best = None
         best_left = best_reset = 0
-        for c in counters:
+        for c in group.counters:
             left = c.remaining + c.tokens
             if left > c.limit.rate.limit:
                 left = c.limit.rate.limit
@@ -383,14 +389,21 @@ class RateLimiter:
         assert best is not None
         if best_reset < 1:
             best_reset = 1 if best_left == 0 else max(best_reset, 0)
-        return RateLimitDecision(True, best.limit, best.form, best_left, best_reset)
+        return RateLimitDecision(True, best.limit, group.forms[best.key], best_left, best_reset)
 
-    def _denied(self, counters: Sequence[_Counter], now: float) -> RateLimitDecision:
+    def _denied(self, group: _Group, counters: Sequence[_Counter], now: float) -> RateLimitDecision:
+        """Refused by ``counters`` (those still refusing): the one refusing longest answers."""
         worst = max(counters, key=lambda c: c.denied_until)
         # a prefetched grant may hold units up to 250 ms past the window: never said
         retry = max(min(math.ceil(worst.denied_until - now), worst.limit.rate.window), 1)
         return RateLimitDecision(
-            False, worst.limit, worst.form, 0, retry, retry_after=retry, reason=worst.reason
+            False,
+            worst.limit,
+            group.forms[worst.key],
+            0,
+            retry,
+            retry_after=retry,
+            reason=worst.reason,
         )
 
     # -- housekeeping -----------------------------------------------------------

@@ -1,7 +1,11 @@
 """Which limits apply to a request, and how each is named in headers and errors.
 
 A key's own ``rate_limit`` replaces its account plan's; a route's
-``rate_limit`` applies per key on that route, on top (SPEC §4). Every counter
+``rate_limit`` applies per key on that route, on top (SPEC §4). Each of these
+may have several windows (``[10/second, 1000/hour]``, SPEC §16): every window
+is a limit of its own, named after its owner with the window's unit as a
+suffix (``default-second``, ``default-hour``); a limit with one window keeps
+its owner's plain name (``default``, ``key``, ``route-search``). Every counter
 belongs to one key id, so live and test keys (always different keys) never
 share one, and every Redis key of one API key carries the same hash tag.
 """
@@ -11,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..config.units import Rate
+from ..config.units import Rate, RateLimit
 
 if TYPE_CHECKING:
     from ..config.schema import Config
@@ -66,21 +70,39 @@ class Limit:
         return f"{self.rate} for this key"
 
 
-def key_limit(own: Rate | None, plan_name: str, plan_rate: Rate | None) -> Limit | None:
+def _named(base: str, rates: RateLimit) -> list[tuple[str, Rate]]:
+    if len(rates) == 1:
+        return [(base, rates[0])]
+    return [(f"{base}-{rate.unit}", rate) for rate in rates]
+
+
+def key_limits(own: RateLimit | None, plan_name: str, plan_rates: RateLimit | None) -> list[Limit]:
+    """The key's own windows, else its plan's; none when neither has a ``rate_limit``."""
     if own is not None:
-        return Limit(name="key", scope="key", rate=own)
-    if plan_rate is not None:
-        return Limit(name=plan_name, scope="plan", rate=plan_rate, plan=plan_name)
-    return None
+        return [Limit(name=name, scope="key", rate=rate) for name, rate in _named("key", own)]
+    if plan_rates is not None:
+        return [
+            Limit(name=name, scope="plan", rate=rate, plan=plan_name)
+            for name, rate in _named(plan_name, plan_rates)
+        ]
+    return []
 
 
-def route_limit(route_name: str, rate: Rate | None) -> Limit | None:
-    if rate is None:
-        return None
-    return Limit(name=f"route-{route_name}", scope="route", rate=rate, route=route_name)
+def route_limits(route_name: str, rates: RateLimit | None) -> list[Limit]:
+    if rates is None:
+        return []
+    return [
+        Limit(name=name, scope="route", rate=rate, route=route_name)
+        for name, rate in _named(f"route-{route_name}", rates)
+    ]
 
 
-def plan_rate(config: Config, plan: str) -> Rate | None:
+def policy_header(limits: list[Limit] | tuple[Limit, ...]) -> str:
+    """``RateLimit-Policy``: every limit that applies, as a Structured Field list."""
+    return ", ".join(limit.policy_header() for limit in limits)
+
+
+def plan_rate(config: Config, plan: str) -> RateLimit | None:
     """The plan's ``rate_limit``; an account on a plan no longer configured gets ``default``'s."""
     found = config.plans.get(plan) or config.plans.get("default")
     return found.rate_limit if found is not None else None

@@ -8,7 +8,10 @@ may touch them on Redis Cluster:
 - ``{P}rl:{key id}:<counter>:n``  hash: ``t`` the units in the window, ``s`` a sequence
 
 The script evicts grants that left the window, takes back the unspent part of
-an earlier grant when asked, grants every counter or none, and answers per
+an earlier grant when asked, grants every counter or none (and the same
+number of units to each: the fewest any of them wants or has left, so units
+of one window are never leased beyond what the others let a request spend),
+and answers per
 counter ``granted, remaining, reset_ms, retry_ms, grant id`` after the server
 time it used. Both keys expire once their last grant has left the
 window. The clock is Redis's own (``TIME``), so replicas with skewed clocks
@@ -79,18 +82,25 @@ for i = 1, n do
   totals[i] = total
   if limit - total < 1 then allowed = false end
 end
+local grant = 0
+if allowed then
+  for i = 1, n do
+    local a = 2 + 6 * (i - 1)
+    local room = math.min(tonumber(ARGV[a + 2]), tonumber(ARGV[a]) - totals[i])
+    if i == 1 or room < grant then grant = room end
+  end
+end
 local out = {now}
 for i = 1, n do
   local log, meta = KEYS[2 * i - 1], KEYS[2 * i]
   local a = 2 + 6 * (i - 1)
   local limit = tonumber(ARGV[a])
   local window = tonumber(ARGV[a + 1])
-  local want = tonumber(ARGV[a + 2])
   local hold = tonumber(ARGV[a + 3])
   local total = totals[i]
   local granted, retry, id = 0, 0, ''
   if allowed then
-    granted = math.min(want, limit - total)
+    granted = grant
     local seq = redis.call('HINCRBY', meta, 's', 1)
     id = granted .. ':' .. now .. ':' .. seq
     redis.call('ZADD', log, now + hold, id)

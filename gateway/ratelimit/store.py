@@ -7,8 +7,10 @@ keep spending it) and leaves the window ``window_ms`` after its stamp. A
 grant is made only when the units logged in the window plus the grant stay
 within ``limit``, so however many processes draw from one store, the units
 spent in any window of ``window_ms`` never exceed ``limit``: there is no
-fixed-window edge where twice the limit could pass. Several counters are
-taken together, all or none.
+fixed-window edge where twice the limit could pass. Several counters (the
+windows of one request's limits) are taken together, all or none, and every
+one of them is granted the same number of units: the fewest any of them
+wants or has left.
 
 :class:`MemoryLimitStore` is the in-process implementation (one worker's
 own budget: tests, and the ``local`` fallback while Redis is down);
@@ -147,10 +149,14 @@ class MemoryLimitStore:
             logs.append(log)
             if take.limit - log.total < 1:
                 allowed = False
+        granted = 0
+        if allowed:
+            granted = min(
+                min(t.want, t.limit - log.total) for t, log in zip(takes, logs, strict=True)
+            )
         grants = []
         for take, log in zip(takes, logs, strict=True):
             if allowed:
-                granted = min(take.want, take.limit - log.total)
                 grant_id = str(next(self._ids))
                 log.add(now + take.hold_ms, granted, grant_id)
                 reset = log.reset_ms(take.window_ms, now)

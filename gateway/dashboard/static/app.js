@@ -570,8 +570,11 @@
       var values = lines(pair[1]);
       if (values.length) body[pair[0]] = values;
     });
-    var rate = $("create-rate").value.trim();
-    if (rate) body.rate_limit = rate;
+    // One rate, or several windows separated by commas: "10/second, 1000/hour".
+    var rates = $("create-rate").value.split(",").map(function (part) {
+      return part.trim();
+    }).filter(Boolean);
+    if (rates.length) body.rate_limit = rates.length === 1 ? rates[0] : rates;
     var metadata = $("create-metadata").value.trim();
     if (metadata) {
       // The API validates metadata: text that is not JSON is sent as it is, and refused there.
@@ -787,7 +790,7 @@
       ["Last used", key.last_used_at ? timeCell(key.last_used_at) : null, "never"],
       ["Expires", key.expires_at ? timeCell(key.expires_at) : null, "never"],
       ["Revoked", key.revoked_at ? timeCell(key.revoked_at) : null, "no"],
-      ["Rate limit", key.rate_limit || null, "the plan's"],
+      ["Rate limit", key.rate_limit ? rateText(key.rate_limit) : null, "the plan's"],
       ["Allowed IPs", listOrNone(key.allowed_ips), "any"],
       ["Allowed referrers", listOrNone(key.allowed_referrers), "any"],
       ["Allowed endpoints", listOrNone(key.allowed_endpoints), "any"],
@@ -890,21 +893,30 @@
     });
   }
 
-  /* The limit the gateway applied to this call, from its RateLimit-Policy / X-RateLimit-Limit. */
+  /* The limits the gateway applied to this call: every window its RateLimit-Policy lists
+     ("q" requests per "w" seconds), else X-RateLimit-Limit alone. */
   function rateFromHeaders(headers) {
     var limit = headers.get("X-RateLimit-Limit");
     var policy = headers.get("RateLimit-Policy") || "";
-    var window = /;\s*w=(\d+)/.exec(policy);
     if (!limit) return null;
-    var seconds = window ? parseInt(window[1], 10) : null;
     var names = { 1: "second", 60: "minute", 3600: "hour", 86400: "day" };
-    var per = seconds ? names[seconds] || seconds + " seconds" : null;
+    var windows = [];
+    var item = /;\s*q=(\d+);\s*w=(\d+)/g;
+    var found;
+    while ((found = item.exec(policy)) !== null) {
+      var seconds = parseInt(found[2], 10);
+      windows.push(
+        Number(found[1]).toLocaleString("en-US") + " requests per " + (names[seconds] || seconds + " seconds")
+      );
+    }
+    if (windows.length) return windows.join(", ");
     var count = Number(limit);
-    var shown = isNaN(count) ? limit : count.toLocaleString("en-US");
-    return shown + " requests" + (per ? " per " + per : "");
+    return (isNaN(count) ? limit : count.toLocaleString("en-US")) + " requests";
   }
 
+  /* A rate limit as the API gives it: one rate ("100/minute") or a list of windows. */
   function rateText(rate) {
+    if (Array.isArray(rate)) return rate.map(rateText).join(", ");
     var match = /^(\d+)\/(\w+)$/.exec(rate || "");
     if (!match) return rate;
     return Number(match[1]).toLocaleString("en-US") + " requests per " + match[2];

@@ -160,14 +160,16 @@ async def test_patch_with_a_refill_only_keeps_the_balance(admin, http):
     # the store holds the new refill beside the kept balance
     balance = await gw.service.balances.credits(account, "live", made["id"])
     assert balance.remaining == 280 and str(balance.refill) == "1000/month"
-    # refill: null stops refilling and still keeps the balance
-    patched = await _call(http, "PATCH", key_url, headers, 200, json={"credits": {"refill": None}})
-    assert patched["data"]["credits"] == {"remaining": 280, "refill": None}
-    # remaining sets the balance (a top-up)
+    # remaining alone sets the balance (a top-up) and keeps the refill
     patched = await _call(
         http, "PATCH", key_url, headers, 200, json={"credits": {"remaining": 5000}}
     )
+    assert patched["data"]["credits"] == {"remaining": 5000, "refill": MONTHLY}
+    # refill: null stops refilling and still keeps the balance
+    patched = await _call(http, "PATCH", key_url, headers, 200, json={"credits": {"refill": None}})
     assert patched["data"]["credits"] == {"remaining": 5000, "refill": None}
+    balance = await gw.service.balances.credits(account, "live", made["id"])
+    assert balance.remaining == 5000 and balance.refill is None
 
 
 async def test_a_refill_change_loses_no_spend_made_meanwhile(admin, http):

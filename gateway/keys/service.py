@@ -238,7 +238,10 @@ def _count(value: Any, field: str, low: int) -> int:
 
 
 def _credits(value: Any) -> dict[str, Any] | None:
-    """``{"remaining": int | None, "refill": Refill | None}``, or None (not metered)."""
+    """``{"remaining": int | None, "refill": Refill | None}``, or None (not metered).
+
+    ``remaining`` left out (None) keeps the balance; ``refill`` left out is absent from
+    the answer and keeps the refill, while ``"refill": null`` removes it."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -253,7 +256,9 @@ def _credits(value: Any) -> dict[str, Any] | None:
     remaining = value.get("remaining")
     if remaining is not None:
         remaining = _count(remaining, "credits.remaining", 0)
-    refill = value.get("refill")
+    if "refill" not in value:
+        return {"remaining": remaining}
+    refill = value["refill"]
     if refill is not None:
         if not isinstance(refill, dict) or set(refill) != {"amount", "interval"}:
             raise InvalidRequest(
@@ -675,9 +680,13 @@ class KeyService:
 
         Without ``remaining`` the balance is kept and only the refill changes, in one
         store script, so requests spending meanwhile are never lost or undone."""
-        refill: Refill | None = credits["refill"]
         remaining = credits["remaining"]
         balance_id = record.credits_id or record.id
+        if "refill" in credits:
+            refill: Refill | None = credits["refill"]
+        else:  # left out: the key keeps the refill it has
+            kept = (record.credits or {}).get("refill")
+            refill = Refill(int(kept["amount"]), kept["interval"]) if kept else None
         if remaining is None and record.credits_id is None:
             raise InvalidRequest(
                 "credits.remaining is required: the key has no credits yet", "credits"

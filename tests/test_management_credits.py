@@ -11,7 +11,7 @@ import pytest
 from conftest import bearer, new_account, new_key
 
 from gateway.config.units import Quota
-from gateway.metering import MeterStore
+from gateway.metering import MeterStore, Refill
 
 MONTHLY = {"amount": 1000, "interval": "month"}
 
@@ -333,3 +333,20 @@ async def test_key_events_carry_the_credits_as_the_api_shows_them(admin, http):
     assert about["api_key.updated"] == {"remaining": 75, "refill": MONTHLY}
     assert about["api_key.rotated"] == {"remaining": 75, "refill": MONTHLY}
     assert about["api_key.revoked"] == {"remaining": 75, "refill": MONTHLY}
+
+
+async def test_a_refill_change_raises_no_threshold_alert_twice(admin):
+    gw, account, _, _ = admin
+    balances = gw.service.balances
+    await balances.set_credits(account, "live", "kept", 10, None)
+    spent = await balances.spend(account, "live", None, [("kept", 1)] * 8)
+    assert [c.thresholds for s in spent for c in s.crossings] == [(80,)]
+    # only the refill changes: the balance and the 80% already raised are kept
+    left = await balances.set_credits(account, "live", "kept", None, Refill(10, "month"))
+    assert left == 2
+    spent = await balances.spend(account, "live", None, [("kept", 1)])
+    assert [c.thresholds for c in spent[0].crossings] == [(90,)]
+    # a new balance starts the levels again
+    await balances.set_credits(account, "live", "kept", 10, None)
+    spent = await balances.spend(account, "live", None, [("kept", 1)] * 8)
+    assert [c.thresholds for s in spent for c in s.crossings] == [(80,)]

@@ -177,7 +177,8 @@ def _key_fields(*, create: bool) -> dict[str, Any]:
             "additionalProperties": False,
             **({"required": ["remaining"]} if create else {}),
             "description": "Each allowed request spends its route's cost. On update, remaining "
-            "sets the balance (a top-up) and may be left out to keep it; null: no credits.",
+            "sets the balance (a top-up) and may be left out to keep it; refill left out keeps "
+            "the refill, refill null removes it; credits null: no credits.",
         },
     }
     if not create:

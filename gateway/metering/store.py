@@ -207,12 +207,12 @@ SET = (
     + """
 local now = clock(ARGV[1])
 local amount, interval = tonumber(ARGV[3]), ARGV[4]
-local remaining, budget
+local remaining, budget, alerted = 0, 0, 0
 if ARGV[2] == '' then
-  -- keep the balance (refills due applied first), change only the refill; atomic with
-  -- every spend, so none of them is lost between reading the balance and writing it
+  -- keep the balance (refills due applied first) and the alert levels already raised,
+  -- change only the refill; atomic with every spend, so none is lost or undone
   local c = balance(KEYS[1], now)
-  if c then remaining, budget = c.r, c.b else remaining, budget = 0, 0 end
+  if c then remaining, budget, alerted = c.r, c.b, c.t end
   if budget <= 0 then budget = remaining end
 else
   remaining = tonumber(ARGV[2])
@@ -222,9 +222,9 @@ redis.call('DEL', KEYS[1])
 if amount >= 0 then
   local p = period(interval, now)
   redis.call('HSET', KEYS[1], 'r', remaining, 'a', amount, 'i', interval, 'p', p,
-    'b', budget, 't', 0)
+    'b', budget, 't', alerted)
 else
-  redis.call('HSET', KEYS[1], 'r', remaining, 'b', budget, 't', 0)
+  redis.call('HSET', KEYS[1], 'r', remaining, 'b', budget, 't', alerted)
 end
 return remaining
 """

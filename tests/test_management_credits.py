@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import bearer, new_account, new_key
+from test_secret_scanning import GitHub, post_report, report
 
 from gateway.config.units import Quota
 from gateway.metering import MeterStore, Refill
@@ -350,3 +351,28 @@ async def test_a_refill_change_raises_no_threshold_alert_twice(admin):
     await balances.set_credits(account, "live", "kept", 10, None)
     spent = await balances.spend(account, "live", None, [("kept", 1)] * 8)
     assert [c.thresholds for s in spent for c in s.crossings] == [(80,)]
+
+
+async def test_a_leaked_key_event_carries_its_live_credits(start_gateway, base_config, http):
+    github = GitHub()
+    url = await github.start()
+    try:
+        gw = await start_gateway(
+            base_config(leak_detection={"action": "notify", "github": {"public_keys_url": url}})
+        )
+        account = await new_account(gw.service)
+        _, admin = await new_key(gw.service, account, permissions=["admin"])
+        key_id, secret = await new_key(gw.service, account, credits={"remaining": 30})
+        await _spend(gw, account, key_id, 5)
+        body = report(secret)
+        status, _ = await post_report(http, gw, body, github.sign(body))
+        assert status == 200
+        events = await _call(
+            http, "GET", gw.url + "/v1/events?type=api_key.leaked", bearer(admin), 200
+        )
+        (leaked,) = events["data"]
+        assert leaked["data"]["key"]["id"] == key_id
+        assert leaked["data"]["key"]["credits"] == {"remaining": 25, "refill": None}
+    finally:
+        assert github.server is not None
+        await github.server.close()

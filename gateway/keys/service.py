@@ -351,18 +351,23 @@ class KeyService:
         """Raise the key change's event (SPEC §14); like the audit trail, a store failure
         here is logged rather than failing a change already made."""
         try:
-            try:
-                credits = (await self.credits_of([record])).get(record.id)
-            except StoreUnavailable:
-                credits = None  # the key as stored: its refill, remaining unknown
             await self.events.emit(
                 type,
                 account_id=record.account_id,
                 mode=record.mode,
-                data={**record.public(None, credits), **extra},
+                data={**await self.event_view(record), **extra},
             )
         except StoreUnavailable as exc:
             log.error("event %s on %s not recorded: %s", type, record.id, exc)
+
+    async def event_view(self, record: KeyRecord) -> dict[str, Any]:
+        """The key as an event carries it (SPEC §14): as listed, with its live credits;
+        with the store unreachable, its refill and an unknown (null) remaining."""
+        try:
+            credits = (await self.credits_of([record])).get(record.id)
+        except StoreUnavailable:
+            credits = None
+        return record.public(None, credits)
 
     async def _record(
         self, actor: Actor, action: str, account_id: str, key_id: str | None, **extra: Any

@@ -241,7 +241,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
     async def work(service: KeyService) -> int:
         record, secret = await service.create_key(CLI, args.account, data)
-        (shown,) = await service.shown([record])
+        (shown,) = await service.shown([record], after_change=True)
         if args.json:
             _print_json({**shown, "key": secret})
         else:
@@ -340,7 +340,7 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
 
     async def work(service: KeyService) -> int:
         record = await service.update_key(CLI, args.id, data)
-        (shown,) = await service.shown([record])
+        (shown,) = await service.shown([record], after_change=True)
         if args.json:
             _print_json(shown)
         else:
@@ -482,7 +482,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     async def work(service: KeyService) -> int:
         record = await service.revoke_key(CLI, args.id)
         if args.json:
-            (shown,) = await service.shown([record])
+            (shown,) = await service.shown([record], after_change=True)
             _print_json(
                 {"id": record.id, "revoked_at": record.revoked_at, "credits": shown["credits"]}
             )
@@ -501,7 +501,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(
                 {
-                    **(await service.shown([new]))[0],
+                    **(await service.shown([new], after_change=True))[0],
                     "key": secret,
                     "previous_key": {"id": old.id, "expires_at": old.expires_at},
                 }

@@ -8,11 +8,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import bearer, new_account, new_key
+import redis.asyncio as aioredis
+from conftest import bearer, new_account, new_key, service_for
 from test_secret_scanning import GitHub, post_report, report
 
+from gateway.config import parse_config
 from gateway.config.units import Quota
+from gateway.keys.model import KeyRecord
 from gateway.metering import MeterStore, Refill
+from gateway.store.connection import StoreUnavailable
 
 MONTHLY = {"amount": 1000, "interval": "month"}
 
@@ -376,3 +380,22 @@ async def test_a_leaked_key_event_carries_its_live_credits(start_gateway, base_c
     finally:
         assert github.server is not None
         await github.server.close()
+
+
+async def test_a_change_made_is_shown_even_when_the_store_cannot_be_read(base_config):
+    """Create and rotate show a secret once: a failed read afterwards must not hide it."""
+    config = parse_config(base_config(redis={"url": "redis://127.0.0.1:9/0"}))  # nothing there
+    client = aioredis.Redis.from_url(config.redis.url, decode_responses=True)
+    try:
+        service = service_for(client, config)
+        record = KeyRecord(
+            id="key_x", account_id="acct_x", name="n", mode="live", hash="h",
+            prefix="sk_live_", last4="abcd", credits={"id": "key_x", "refill": MONTHLY},
+        )  # fmt: skip
+        (shown,) = await service.shown([record], after_change=True)
+        assert shown["credits"] == {"remaining": None, "refill": MONTHLY}
+        assert shown["last_used_at"] is None
+        with pytest.raises(StoreUnavailable):
+            await service.shown([record])
+    finally:
+        await client.aclose()

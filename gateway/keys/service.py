@@ -736,11 +736,22 @@ class KeyService:
                 }
         return out
 
-    async def shown(self, records: list[KeyRecord]) -> list[dict[str, Any]]:
+    async def shown(
+        self, records: list[KeyRecord], *, after_change: bool = False
+    ) -> list[dict[str, Any]]:
         """The keys as the API and CLI show them: last use and live credits, read for
-        all of them at once (one balance read per account and mode)."""
-        used = await self.store.last_used(r.id for r in records)
-        credits = await self.credits_of(records)
+        all of them at once (one balance read per account and mode).
+
+        ``after_change``: the answer to a change already made (and, for create and
+        rotate, the only showing of a secret) must not fail for a read; with the store
+        unreachable the keys show no last use and a null ``remaining``."""
+        try:
+            used = await self.store.last_used(r.id for r in records)
+            credits = await self.credits_of(records)
+        except StoreUnavailable:
+            if not after_change:
+                raise
+            return [r.public() for r in records]
         return [r.public(used.get(r.id), credits.get(r.id)) for r in records]
 
     async def budgets(self, record: KeyRecord) -> dict[str, Any]:

@@ -23,9 +23,9 @@ ROTATE_FIELDS = ("grace_period",)
 REVOKED_MESSAGE = "API key revoked successfully"
 
 
-async def _shown(call: Call, record: KeyRecord) -> dict:
+async def _shown(call: Call, record: KeyRecord, after_change: bool = True) -> dict:
     """The key with its last use and its live credits (refills due applied)."""
-    return (await call.runtime.service.shown([record]))[0]
+    return (await call.runtime.service.shown([record], after_change=after_change))[0]
 
 
 async def list_keys(call: Call) -> web.Response:
@@ -74,7 +74,7 @@ def _meta(call: Call, record: KeyRecord) -> dict:
 
 async def get_key(call: Call) -> web.Response:
     record = await call.runtime.service.get_key(call.actor, call.params["id"])
-    return json_answer({"data": await _shown(call, record), "meta": call.meta()})
+    return json_answer({"data": await _shown(call, record, False), "meta": call.meta()})
 
 
 async def update_key(call: Call) -> web.Response:

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config, resolve_path
+from .config.units import parse_per_period
 from .keys.format import key_pattern
 from .keys.model import KeyRecord
 from .keys.service import CLI, InvalidRequest, KeyService, OperationError, expires_in, rotation_due
@@ -62,7 +63,49 @@ async def _with_service(config: Config, work: Callable[[KeyService], Awaitable[i
         await handle.close()
 
 
-def _key_lines(record: KeyRecord, last_used: str | None, rotation_days: int) -> list[str]:
+def _credits_arg(text: str, option: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise Refused(f"{option} must be a whole number of credits from 0, not {text!r}")
+    return int(text)
+
+
+def _refill_arg(text: str) -> dict[str, Any]:
+    try:
+        amount, interval = parse_per_period(text, "--refill")
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    return {"amount": amount, "interval": interval}
+
+
+def credits_text(credits: dict[str, Any] | None) -> str:
+    """A key's credits on one line: ``940 left, refilled to 1000 each month``."""
+    if credits is None:
+        return "not metered"
+    remaining = credits.get("remaining")
+    text = "? left" if remaining is None else f"{remaining} left"
+    refill = credits.get("refill")
+    if refill:
+        text += f", refilled to {refill['amount']} each {refill['interval']}"
+    else:
+        text += ", no refill"
+    return text
+
+
+def _credits_cell(credits: dict[str, Any] | None) -> str:
+    """A key's credits in a table cell: ``-``, ``940``, ``940 (1000/month)``."""
+    if credits is None:
+        return "-"
+    remaining = "?" if credits.get("remaining") is None else str(credits["remaining"])
+    refill = credits.get("refill")
+    return f"{remaining} ({refill['amount']}/{refill['interval']})" if refill else remaining
+
+
+def _key_lines(
+    record: KeyRecord,
+    last_used: str | None,
+    rotation_days: int,
+    credits: dict[str, Any] | None = None,
+) -> list[str]:
     status = record.status()
     if status == "active" and rotation_due(record, rotation_days):
         status += " (rotation due)"
@@ -79,6 +122,7 @@ def _key_lines(record: KeyRecord, last_used: str | None, rotation_days: int) -> 
         ("revoked", record.revoked_at or "-"),
         ("last used", last_used or "never"),
         ("rate limit", _rate_limit_text(record.rate_limit)),
+        ("credits", credits_text(credits)),
         ("allowed ips", ", ".join(record.allowed_ips) or "any"),
         ("allowed referrers", ", ".join(record.allowed_referrers) or "any"),
         ("allowed endpoints", ", ".join(record.allowed_endpoints) or "any"),
@@ -187,15 +231,25 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             data["metadata"] = json.loads(args.metadata)
         except json.JSONDecodeError as exc:
             raise Refused(f"--metadata is not JSON: {exc}") from None
+    if args.refill is not None and args.credits is None:
+        raise Refused("--refill needs --credits: the balance the key starts with")
+    if args.credits is not None:
+        data["credits"] = {
+            "remaining": _credits_arg(args.credits, "--credits"),
+            "refill": _refill_arg(args.refill) if args.refill is not None else None,
+        }
 
     async def work(service: KeyService) -> int:
         record, secret = await service.create_key(CLI, args.account, data)
+        (shown,) = await service.shown([record], after_change=True)
         if args.json:
-            _print_json({**record.public(), "key": secret})
+            _print_json({**shown, "key": secret})
         else:
             print(
                 f"created {record.mode} key {record.id} ({record.name}) for account {record.account_id}"
             )
+            if shown["credits"] is not None:
+                print(f"credits: {credits_text(shown['credits'])}")
             print()
             print(f"  {secret}")
             print()
@@ -268,17 +322,50 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
             data["metadata"] = json.loads(args.metadata)
         except json.JSONDecodeError as exc:
             raise Refused(f"--metadata is not JSON: {exc}") from None
+    credits_options = [
+        name
+        for name, given in (
+            ("--credits", args.credits is not None),
+            ("--refill", args.refill is not None),
+            ("--no-refill", args.no_refill),
+            ("--no-credits", args.no_credits),
+        )
+        if given
+    ]
+    if args.no_credits and len(credits_options) > 1:
+        other = next(name for name in credits_options if name != "--no-credits")
+        raise Refused(f"--no-credits and {other} at once: give one")
+    if args.refill is not None and args.no_refill:
+        raise Refused("--refill and --no-refill at once: give one")
+    if args.no_credits:
+        data["credits"] = None
+    elif credits_options:
+        # what is not given is kept: --credits alone keeps the refill, --refill the balance
+        change: dict[str, Any] = {}
+        if args.credits is not None:
+            change["remaining"] = _credits_arg(args.credits, "--credits")
+        if args.refill is not None:
+            change["refill"] = _refill_arg(args.refill)
+        elif args.no_refill:
+            change["refill"] = None
+        data["credits"] = change
     if not data:
         raise Refused("nothing to change: give at least one option (see --help)")
 
     async def work(service: KeyService) -> int:
         record = await service.update_key(CLI, args.id, data)
-        used = (await service.store.last_used([record.id])).get(record.id)
+        (shown,) = await service.shown([record], after_change=True)
         if args.json:
-            _print_json(record.public(used))
+            _print_json(shown)
         else:
             print(f"updated {record.id}: {', '.join(sorted(data))}")
-            print("\n".join(_key_lines(record, used, config.keys.rotation_days)))
+            print(
+                "\n".join(
+                    _key_lines(
+                        record, shown["last_used_at"], config.keys.rotation_days, shown["credits"]
+                    )
+                )
+            )
         return 0
 
     return asyncio.run(_with_service(config, work))
@@ -316,18 +403,22 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                 records.extend(more)
                 if not has_more:
                     break
-        used = await service.store.last_used(r.id for r in records)
+        shown = await service.shown(records)
         if args.json:
-            _print_json({"data": [r.public(used.get(r.id)) for r in records]})
+            _print_json({"data": shown})
             return 0
         if not records:
             print("no keys")
             return 0
-        print(f"{'ID':<26} {'KEY':<18} {'MODE':<5} {'STATUS':<8} {'LAST USED':<21} NAME")
-        for r in records:
+        print(
+            f"{'ID':<26} {'KEY':<18} {'MODE':<5} {'STATUS':<8} {'LAST USED':<21} "
+            f"{'CREDITS':<16} NAME"
+        )
+        for r, key in zip(records, shown, strict=True):
             print(
                 f"{r.id:<26} {r.prefix + '…' + r.last4:<18} {r.mode:<5} {r.status():<8} "
-                f"{used.get(r.id) or 'never':<21} {r.name}"
+                f"{key['last_used_at'] or 'never':<21} {_credits_cell(key['credits']):<16} "
+                f"{r.name}"
             )
         return 0
 
@@ -339,19 +430,20 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 
     async def work(service: KeyService) -> int:
         record = await service.get_key(CLI, args.id)
-        used = (await service.store.last_used([record.id])).get(record.id)
+        (shown,) = await service.shown([record])
+        used = shown["last_used_at"]
         usage = None
         usage_reader = getattr(service, "usage_days", None)
         if usage_reader is not None:
             usage = await usage_reader(record, days=7)
         if args.json:
-            data = record.public(used)
+            data = shown
             data["rotation_due"] = rotation_due(record, config.keys.rotation_days)
             if usage is not None:
                 data["usage"] = usage
             _print_json(data)
             return 0
-        print("\n".join(_key_lines(record, used, config.keys.rotation_days)))
+        print("\n".join(_key_lines(record, used, config.keys.rotation_days, shown["credits"])))
         if usage:
             print("\nrequests (UTC day: allowed / denied / rate-limited)")
             for day in usage:
@@ -363,13 +455,51 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     return asyncio.run(_with_service(config, work))
 
 
+def cmd_keys_usage(args: argparse.Namespace) -> int:
+    """The API's usage view: daily counts by outcome, the plan's quota, the key's credits."""
+    config = _load(args)
+    if not 1 <= args.days <= 90:
+        raise Refused(f"--days must be from 1 to 90, not {args.days}")
+
+    async def work(service: KeyService) -> int:
+        record = await service.get_key(CLI, args.id)
+        days = await service.usage_days(record, days=args.days)
+        budgets = await service.budgets(record)
+        if args.json:
+            _print_json({"key_id": record.id, "days": days, **budgets})
+            return 0
+        print(f"usage of {record.id} ({record.name}, {record.mode})")
+        quota = budgets["quota"]
+        if quota is None:
+            print("quota:   none (the account's plan has no quota)")
+        else:
+            print(
+                f"quota:   {quota['used']} of {quota['limit']} used this {quota['period']} "
+                f"(the account's {record.mode} keys together), resets {quota['resets_at']}"
+            )
+        print(f"credits: {credits_text(budgets['credits'])}")
+        print()
+        print(f"{'DATE (UTC)':<12} {'ALLOWED':>9} {'DENIED':>9} {'RATE LIMITED':>13}")
+        for day in days:
+            print(
+                f"{day['date']:<12} {day['allowed']:>9} {day['denied']:>9} "
+                f"{day['rate_limited']:>13}"
+            )
+        return 0
+
+    return asyncio.run(_with_service(config, work))
+
+
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def work(service: KeyService) -> int:
         record = await service.revoke_key(CLI, args.id)
         if args.json:
-            _print_json({"id": record.id, "revoked_at": record.revoked_at})
+            (shown,) = await service.shown([record], after_change=True)
+            _print_json(
+                {"id": record.id, "revoked_at": record.revoked_at, "credits": shown["credits"]}
+            )
         else:
             print(f"revoked {record.id} at {record.revoked_at}")
         return 0
@@ -385,7 +515,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(
                 {
-                    **new.public(),
+                    **(await service.shown([new], after_change=True))[0],
                     "key": secret,
                     "previous_key": {"id": old.id, "expires_at": old.expires_at},
                 }
@@ -554,6 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. 100/minute; several windows comma-separated or repeated: 10/second,1000/hour",
     )
     p.add_argument("--metadata", help="a flat JSON object")
+    p.add_argument("--credits", metavar="N", help="meter the key: the credits it starts with")
+    p.add_argument("--refill", metavar="N/day|N/month", help="with --credits, e.g. 1000/month")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_create)
     p = keys.add_parser(
@@ -573,6 +705,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. 100/minute; several windows comma-separated or repeated: 10/second,1000/hour",
     )
     p.add_argument("--metadata", help="a flat JSON object, replaces the metadata")
+    p.add_argument("--credits", metavar="N", help="set the balance (keeps the refill)")
+    p.add_argument("--refill", metavar="N/day|N/month", help="set the refill (keeps the balance)")
+    p.add_argument("--no-refill", action="store_true", help="stop refilling (keeps the balance)")
+    p.add_argument("--no-credits", action="store_true", help="stop metering the key by credits")
     p.add_argument(
         "--clear", action="append", choices=sorted(CLEARABLE), metavar="FIELD",
         help=f"remove a field's value: {', '.join(sorted(CLEARABLE))}",
@@ -588,6 +724,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_show)
+    p = keys.add_parser(
+        "usage", parents=[common], help="a key's daily requests, its plan's quota and credits"
+    )
+    p.add_argument("id")
+    p.add_argument("--days", type=int, default=30, help="how many UTC days (1 to 90)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_usage)
+
     p = keys.add_parser("revoke", parents=[common], help="revoke a key")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")

@@ -27,6 +27,7 @@ from conftest import bearer, gateways, new_account, new_key, upstream_url
 from playwright.async_api import Browser, Page, async_playwright, expect
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from gateway.config.units import Quota
 from gateway.demo.upstream import create_upstream
 from gateway.keys.service import CLI as CLI_ACTOR
 from gateway.timefmt import isoformat, utcnow
@@ -179,6 +180,10 @@ async def dashboard(start_gateway, base_config, upstream, browser, output_dir, r
         base_config(
             server={"access_log": False},
             webhooks={"allow_private_targets": True, "retry_schedule": ["1s"]},
+            plans={
+                "default": {"rate_limit": "100000/minute"},
+                "pro": {"rate_limit": "1000000/minute", "quota": "100000/month"},
+            },
             routes=[
                 {
                     "name": "users",
@@ -1182,4 +1187,108 @@ async def test_webhook_endpoints_created_tested_disabled_and_deleted(dashboard, 
     await row.get_by_role("button", name=f"Delete {url}").click()
     await expect(page.locator("#webhooks-empty")).to_be_visible()
     assert (await api_get(http, gw, dashboard.admin, "/webhook-endpoints"))["data"] == []
+    tab.assert_clean(400)
+
+
+# -- credits and quota (SPEC §16) --------------------------------------------------------
+
+
+async def test_credits_in_the_table_the_create_dialog_the_usage_cards_and_their_dialog(
+    dashboard, http
+):
+    tab, gw, page = dashboard.tab, dashboard.gw, dashboard.tab.page
+    await tab.sign_in_admin(dashboard.admin)
+    await expect(page.get_by_role("columnheader", name="Credits")).to_be_visible()
+    await expect(tab.row("Ops admin").locator('[data-label="Credits"]')).to_have_text("\u2014")
+
+    # A bad balance is refused by the API, and said beside its field.
+    await page.get_by_role("button", name="Create key").click()
+    create = page.get_by_role("dialog", name="Create an API key")
+    await create.get_by_label("Name").fill("Metered")
+    await create.get_by_text("Credits (metered key)").click()
+    await create.get_by_label("Credits to start with (optional)").fill("lots")
+    status, body = await submit_create(page, create)
+    assert (status, body["error"]["details"]) == (400, {"field": "credits.remaining"})
+    await expect(page.locator("#err-credits")).to_contain_text("credits.remaining must be")
+    await expect(create.get_by_label("Credits to start with (optional)")).to_have_attribute(
+        "aria-invalid", "true"
+    )
+
+    # Create with 500 credits refilled to 1000 each month.
+    await create.get_by_label("Credits to start with (optional)").fill("500")
+    await create.get_by_label("Refill to (optional)").fill("1000")
+    await expect(create.get_by_label("Refilled")).to_have_value("month")
+    status, body = await submit_create(page, create)
+    assert status == 201, body
+    key_id = body["data"]["id"]
+    assert body["data"]["credits"] == {
+        "remaining": 500,
+        "refill": {"amount": 1000, "interval": "month"},
+    }
+    await page.get_by_role("button", name="I have stored the key").click()
+    await expect(tab.row("Metered").locator('[data-label="Credits"]')).to_have_text(
+        "500 / 1,000 per month"
+    )
+    await tab.shot("1-credits-column")
+
+    # Requests spend the balance and the plan's quota; the usage cards show both.
+    spent = await gw.service.balances.spend(
+        dashboard.account, "live", Quota(100000, "month"), [(key_id, 1)] * 12
+    )
+    assert all(s.allowed for s in spent)
+    await page.get_by_role("link", name="Usage of Metered").click()
+    await expect(page.locator("#usage-quota-figure")).to_have_text("12 of 100,000")
+    usage = await api_get(http, gw, dashboard.admin, f"/api-keys/{key_id}/usage")
+    resets = usage["data"]["quota"]["resets_at"]
+    assert resets.endswith("-01T00:00:00Z")
+    year = resets[:4]
+    await expect(page.locator("#usage-quota-note")).to_have_text(
+        re.compile(
+            rf"^calls this month by all of the account's live keys; resets 1 \w+ {year}, "
+            r"00:00 UTC$"
+        )
+    )
+    assert await page.locator("#usage-quota-bar").evaluate("b => [b.value, b.max]") == [12, 100000]
+    await expect(page.locator("#usage-credits-figure")).to_have_text("488 left")
+    await expect(page.locator("#usage-credits-note")).to_have_text("Refilled to 1,000 each month.")
+    await expect(page.locator("#usage-chart")).to_be_visible()
+    await tab.shot("2-usage-cards")
+
+    # Top up to 2000 and stop refilling.
+    await page.get_by_role("button", name="Change credits").click()
+    dialog = page.get_by_role("dialog", name="Credits of Metered")
+    await expect(dialog).to_contain_text("Now: 488 left, refilled to 1,000 each month.")
+    await expect(dialog.get_by_label("Refill to")).to_have_value("1000")
+    await dialog.get_by_label("Set remaining credits to").fill("2000")
+    await dialog.get_by_label("Refill to").fill("")
+    await tab.shot("3-credits-dialog")
+    await dialog.get_by_role("button", name="Save credits").click()
+    await expect(dialog).to_be_hidden()
+    await expect(page.get_by_role("status").filter(has_text="saved")).to_have_text(
+        "Credits of \u201cMetered\u201d saved."
+    )
+    await expect(page.locator("#usage-credits-figure")).to_have_text("2,000 left")
+    await expect(page.locator("#usage-credits-note")).to_have_text("No refill.")
+    shown = await api_get(http, gw, dashboard.admin, f"/api-keys/{key_id}")
+    assert shown["data"]["credits"] == {"remaining": 2000, "refill": None}
+
+    # Only a refill: the balance is kept, whatever was spent meanwhile.
+    await gw.service.balances.spend(dashboard.account, "live", None, [(key_id, 1)] * 5)
+    await page.get_by_role("button", name="Change credits").click()
+    await dialog.get_by_label("Refill to").fill("50")
+    await dialog.get_by_label("Refilled").select_option("day")
+    await dialog.get_by_role("button", name="Save credits").click()
+    await expect(page.locator("#usage-credits-figure")).to_have_text("1,995 left")
+    await expect(page.locator("#usage-credits-note")).to_have_text("Refilled to 50 each day.")
+
+    # Stop metering: the card and the table say so, and so does the API.
+    await page.get_by_role("button", name="Change credits").click()
+    await dialog.get_by_label("Stop metering this key by credits").check()
+    await dialog.get_by_role("button", name="Save credits").click()
+    await expect(page.locator("#usage-credits-figure")).to_have_text("Not metered")
+    await expect(page.get_by_role("button", name="Add credits")).to_be_visible()
+    shown = await api_get(http, gw, dashboard.admin, f"/api-keys/{key_id}")
+    assert shown["data"]["credits"] is None
+    await page.get_by_role("button", name="Back to keys").click()
+    await expect(tab.row("Metered").locator('[data-label="Credits"]')).to_have_text("\u2014")
     tab.assert_clean(400)

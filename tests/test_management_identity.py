@@ -12,7 +12,7 @@ from gateway.timefmt import isoformat, utcnow
 
 VERIFY_FIELDS = {
     "valid", "key_id", "name", "mode", "account_id", "permissions", "created_at",
-    "expires_at", "last_used_at", "rotation_due",
+    "expires_at", "last_used_at", "rotation_due", "credits",  # credits: SPEC §16
 }  # fmt: skip
 
 

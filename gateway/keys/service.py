@@ -258,7 +258,10 @@ def _one_rate(value: Any) -> str:
 
 
 def _credits(value: Any) -> dict[str, Any] | None:
-    """``{"remaining": int | None, "refill": Refill | None}``, or None (not metered)."""
+    """``{"remaining": int | None, "refill": Refill | None}``, or None (not metered).
+
+    ``remaining`` left out (None) keeps the balance; ``refill`` left out is absent from
+    the answer and keeps the refill, while ``"refill": null`` removes it."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -273,7 +276,9 @@ def _credits(value: Any) -> dict[str, Any] | None:
     remaining = value.get("remaining")
     if remaining is not None:
         remaining = _count(remaining, "credits.remaining", 0)
-    refill = value.get("refill")
+    if "refill" not in value:
+        return {"remaining": remaining}
+    refill = value["refill"]
     if refill is not None:
         if not isinstance(refill, dict) or set(refill) != {"amount", "interval"}:
             raise InvalidRequest(
@@ -370,10 +375,19 @@ class KeyService:
                 type,
                 account_id=record.account_id,
                 mode=record.mode,
-                data={**record.public(), **extra},
+                data={**await self.event_view(record), **extra},
             )
         except StoreUnavailable as exc:
             log.error("event %s on %s not recorded: %s", type, record.id, exc)
+
+    async def event_view(self, record: KeyRecord) -> dict[str, Any]:
+        """The key as an event carries it (SPEC §14): as listed, with its live credits;
+        with the store unreachable, its refill and an unknown (null) remaining."""
+        try:
+            credits = (await self.credits_of([record])).get(record.id)
+        except StoreUnavailable:
+            credits = None
+        return record.public(None, credits)
 
     async def _record(
         self, actor: Actor, action: str, account_id: str, key_id: str | None, **extra: Any
@@ -687,17 +701,21 @@ class KeyService:
         return new, secret, retired
 
     async def _set_credits(self, record: KeyRecord, credits: dict[str, Any]) -> KeyRecord:
-        """Set the key's balance (a top-up, a new refill); ``record`` as it now reads."""
-        refill: Refill | None = credits["refill"]
+        """Set the key's balance (a top-up, a new refill); ``record`` as it now reads.
+
+        Without ``remaining`` the balance is kept and only the refill changes, in one
+        store script, so requests spending meanwhile are never lost or undone."""
         remaining = credits["remaining"]
         balance_id = record.credits_id or record.id
-        if remaining is None:
-            if record.credits_id is None:
-                raise InvalidRequest(
-                    "credits.remaining is required: the key has no credits yet", "credits"
-                )
-            current = await self.balances.credits(record.account_id, record.mode, balance_id)
-            remaining = current.remaining if current is not None else 0
+        if "refill" in credits:
+            refill: Refill | None = credits["refill"]
+        else:  # left out: the key keeps the refill it has
+            kept = (record.credits or {}).get("refill")
+            refill = Refill(int(kept["amount"]), kept["interval"]) if kept else None
+        if remaining is None and record.credits_id is None:
+            raise InvalidRequest(
+                "credits.remaining is required: the key has no credits yet", "credits"
+            )
         await self.balances.set_credits(
             record.account_id, record.mode, balance_id, remaining, refill
         )
@@ -738,9 +756,66 @@ class KeyService:
                 }
         return out
 
+    async def shown(
+        self, records: list[KeyRecord], *, after_change: bool = False
+    ) -> list[dict[str, Any]]:
+        """The keys as the API and CLI show them: last use and live credits, read for
+        all of them at once (one balance read per account and mode).
+
+        ``after_change``: the answer to a change already made (and, for create and
+        rotate, the only showing of a secret) must not fail for a read; with the store
+        unreachable the keys show no last use and a null ``remaining``."""
+        try:
+            used = await self.store.last_used(r.id for r in records)
+            credits = await self.credits_of(records)
+        except StoreUnavailable:
+            if not after_change:
+                raise
+            return [r.public() for r in records]
+        return [r.public(used.get(r.id), credits.get(r.id)) for r in records]
+
+    async def budgets(self, record: KeyRecord) -> dict[str, Any]:
+        """``{"quota", "credits"}`` for the key's usage view, in one store read: the
+        account plan's quota in the key's mode (limit, used, period, resets_at) or None,
+        and the key's credits as key reads show them or None."""
+        account = await self.store.get_account(record.account_id)
+        plan = self.config.plans.get(account.plan) if account is not None else None
+        quota = plan.quota if plan is not None else None
+        ids = [record.credits_id] if record.credits_id is not None else []
+        if quota is None and not ids:
+            return {"quota": None, "credits": None}
+        use, balances = await self.balances.read(record.account_id, record.mode, quota, ids)
+        shown_quota = None
+        if use is not None:
+            shown_quota = {
+                "limit": use.limit,
+                "used": use.used,
+                "period": use.unit,
+                "resets_at": isoformat(next_period_start(use.unit)),
+            }
+        shown_credits = None
+        if ids:
+            balance = balances[0]
+            shown_credits = {
+                "remaining": balance.remaining if balance is not None else 0,
+                "refill": (record.credits or {}).get("refill"),
+            }
+        return {"quota": shown_quota, "credits": shown_credits}
+
     async def usage_days(self, record: KeyRecord, days: int = 30) -> list[dict[str, Any]]:
         """The key's daily request counts by outcome, newest UTC day first."""
         return await UsageReader(self.store.client, self.store.prefix).days(record, days)
+
+
+def next_period_start(unit: str, now: datetime | None = None) -> datetime:
+    """When the calendar ``unit`` ("day" or "month", UTC) holding ``now`` ends."""
+    now = now or utcnow()
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if unit == "day":
+        return day + timedelta(days=1)
+    if day.month == 12:
+        return day.replace(year=day.year + 1, month=1, day=1)
+    return day.replace(month=day.month + 1, day=1)
 
 
 def _active_admin(record: KeyRecord) -> bool:

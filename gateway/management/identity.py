@@ -18,6 +18,12 @@ async def verify(call: Call) -> web.Response:
         last_used = (await call.runtime.store.last_used([record.id])).get(record.id)
     except StoreUnavailable:
         last_used = None  # a cached key still verifies while the store is down
+    credits = None
+    if record.credits_id is not None:
+        try:
+            credits = (await call.runtime.service.credits_of([record])).get(record.id)
+        except StoreUnavailable:  # the refill as stored; the balance cannot be read now
+            credits = {"remaining": None, "refill": (record.credits or {}).get("refill")}
     return json_answer(
         {
             "valid": True,
@@ -30,6 +36,7 @@ async def verify(call: Call) -> web.Response:
             "expires_at": record.expires_at,
             "last_used_at": last_used,
             "rotation_due": rotation_due(record, call.runtime.config.keys.rotation_days),
+            "credits": credits,
         }
     )
 

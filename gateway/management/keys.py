@@ -23,9 +23,9 @@ ROTATE_FIELDS = ("grace_period",)
 REVOKED_MESSAGE = "API key revoked successfully"
 
 
-async def _shown(call: Call, record: KeyRecord) -> dict:
-    used = await call.runtime.store.last_used([record.id])
-    return record.public(used.get(record.id))
+async def _shown(call: Call, record: KeyRecord, after_change: bool = True) -> dict:
+    """The key with its last use and its live credits (refills due applied)."""
+    return (await call.runtime.service.shown([record], after_change=after_change))[0]
 
 
 async def list_keys(call: Call) -> web.Response:
@@ -44,10 +44,9 @@ async def list_keys(call: Call) -> web.Response:
         limit=limit,
         starting_after=query.get("starting_after"),  # empty is no key id: 400
     )
-    used = await call.runtime.store.last_used(r.id for r in records)
     return json_answer(
         {
-            "data": [r.public(used.get(r.id)) for r in records],
+            "data": await call.runtime.service.shown(records),
             "has_more": has_more,
             "meta": call.meta(
                 limit=limit,
@@ -63,7 +62,8 @@ async def create_key(call: Call) -> web.Response:
     actor = call.actor
     record, secret = await call.runtime.service.create_key(actor, actor.account_id, body)
     return json_answer(
-        {"data": {**record.public(), "key": secret}, "meta": _meta(call, record)}, status=201
+        {"data": {**await _shown(call, record), "key": secret}, "meta": _meta(call, record)},
+        status=201,
     )
 
 
@@ -74,7 +74,7 @@ def _meta(call: Call, record: KeyRecord) -> dict:
 
 async def get_key(call: Call) -> web.Response:
     record = await call.runtime.service.get_key(call.actor, call.params["id"])
-    return json_answer({"data": await _shown(call, record), "meta": call.meta()})
+    return json_answer({"data": await _shown(call, record, False), "meta": call.meta()})
 
 
 async def update_key(call: Call) -> web.Response:
@@ -87,7 +87,11 @@ async def revoke_key(call: Call) -> web.Response:
     record = await call.runtime.service.revoke_key(call.actor, call.params["id"])
     return json_answer(
         {
-            "data": {"id": record.id, "revoked_at": record.revoked_at},
+            "data": {
+                "id": record.id,
+                "revoked_at": record.revoked_at,
+                "credits": (await _shown(call, record))["credits"],
+            },
             "message": REVOKED_MESSAGE,
             "meta": call.meta(),
         }
@@ -105,7 +109,7 @@ async def rotate_key(call: Call) -> web.Response:
     return json_answer(
         {
             "data": {
-                **new.public(),
+                **await _shown(call, new),
                 "key": secret,
                 "previous_key": {"id": old.id, "expires_at": old.expires_at},
             },
@@ -118,4 +122,15 @@ async def rotate_key(call: Call) -> web.Response:
 async def key_usage(call: Call) -> web.Response:
     record = await call.runtime.service.get_key(call.actor, call.params["id"])
     days = await usage_days(call.runtime, record, USAGE_DAYS)
-    return json_answer({"data": {"key_id": record.id, "days": days}, "meta": call.meta()})
+    budgets = await call.runtime.service.budgets(record)
+    return json_answer(
+        {
+            "data": {
+                "key_id": record.id,
+                "days": days,
+                "quota": budgets["quota"],
+                "credits": budgets["credits"],
+            },
+            "meta": call.meta(),
+        }
+    )

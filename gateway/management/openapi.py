@@ -111,6 +111,22 @@ CREDITS_SHOWN = {
 }
 
 
+QUOTA_SHOWN = {
+    "type": ["object", "null"],
+    "properties": {
+        "limit": {"type": "integer", "minimum": 1},
+        "used": {"type": "integer", "minimum": 0},
+        "period": {"enum": ["day", "month"]},
+        "resets_at": TIMESTAMP,
+    },
+    "required": ["limit", "used", "period", "resets_at"],
+    "additionalProperties": False,
+    "description": "The account plan's quota in the key's mode, shared by all of the "
+    "account's keys of that mode: calls used in the current UTC day or month, and when it "
+    "resets. null: the plan has no quota.",
+}
+
+
 def _key_properties() -> dict[str, Any]:
     return {
         "id": KEY_ID,
@@ -181,7 +197,8 @@ def _key_fields(*, create: bool) -> dict[str, Any]:
             "additionalProperties": False,
             **({"required": ["remaining"]} if create else {}),
             "description": "Each allowed request spends its route's cost. On update, remaining "
-            "sets the balance (a top-up) and may be left out to keep it; null: no credits.",
+            "sets the balance (a top-up) and may be left out to keep it; refill left out keeps "
+            "the refill, refill null removes it; credits null: no credits.",
         },
     }
     if not create:
@@ -369,7 +386,8 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 "parameters": [ID_PARAMETER],
                 "get": {
                     "operationId": "getKeyUsage",
-                    "summary": "Requests per UTC day for the last 30 days, newest first",
+                    "summary": "Requests per UTC day for the last 30 days, newest first, "
+                    "with the plan's quota and the key's credits",
                     "responses": {
                         **_answer("200", "Daily counts by outcome", "UsageAnswer"),
                         **_errors(*AUTH_ERRORS, "404"),
@@ -670,6 +688,7 @@ def _schemas() -> dict[str, Any]:
                     "type": "boolean",
                     "description": "The key is older than keys.rotation_days.",
                 },
+                "credits": CREDITS_SHOWN,
             }
         ),
         "AccountAnswer": _object(
@@ -708,7 +727,7 @@ def _schemas() -> dict[str, Any]:
         "RotatedAnswer": _object({"data": _ref("RotatedApiKey"), "meta": _ref("Meta")}),
         "RevokedAnswer": _object(
             {
-                "data": _object({"id": KEY_ID, "revoked_at": TIMESTAMP}),
+                "data": _object({"id": KEY_ID, "revoked_at": TIMESTAMP, "credits": CREDITS_SHOWN}),
                 "message": {"const": "API key revoked successfully"},
                 "meta": _ref("Meta"),
             }
@@ -882,6 +901,8 @@ def _schemas() -> dict[str, Any]:
                                 }
                             ),
                         },
+                        "quota": QUOTA_SHOWN,
+                        "credits": CREDITS_SHOWN,
                     }
                 ),
                 "meta": _ref("Meta"),

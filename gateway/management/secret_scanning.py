@@ -212,7 +212,7 @@ class GitHubSecretScanning:
             account_id=record.account_id,
             mode=record.mode,
             data={
-                "key": record.public(),
+                "key": await service.event_view(record),
                 "url": url,
                 "source": source,
                 "action": "revoked" if revoke else "notified",

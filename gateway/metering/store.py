@@ -206,16 +206,27 @@ SET = (
     _CALENDAR
     + """
 local now = clock(ARGV[1])
+local amount, interval = tonumber(ARGV[3]), ARGV[4]
+local remaining, budget, alerted = 0, 0, 0
+if ARGV[2] == '' then
+  -- keep the balance (refills due applied first) and the alert levels already raised,
+  -- change only the refill; atomic with every spend, so none is lost or undone
+  local c = balance(KEYS[1], now)
+  if c then remaining, budget, alerted = c.r, c.b, c.t end
+  if budget <= 0 then budget = remaining end
+else
+  remaining = tonumber(ARGV[2])
+  budget = remaining
+end
 redis.call('DEL', KEYS[1])
-local remaining, amount, interval = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 if amount >= 0 then
   local p = period(interval, now)
   redis.call('HSET', KEYS[1], 'r', remaining, 'a', amount, 'i', interval, 'p', p,
-    'b', remaining, 't', 0)
+    'b', budget, 't', alerted)
 else
-  redis.call('HSET', KEYS[1], 'r', remaining, 'b', remaining, 't', 0)
+  redis.call('HSET', KEYS[1], 'r', remaining, 'b', budget, 't', alerted)
 end
-return now
+return remaining
 """
 )
 
@@ -408,20 +419,26 @@ class MeterStore:
         account_id: str,
         mode: str,
         credits_id: str,
-        remaining: int,
+        remaining: int | None,
         refill: Refill | None,
         now_ms: int | None = None,
-    ) -> None:
-        """Set a balance (a top-up or a new key's credits); alerts count from this budget."""
-        if remaining < 0:
+    ) -> int:
+        """Set a balance (a top-up or a new key's credits); alerts count from this budget.
+
+        ``remaining=None`` keeps the balance as it stands (refills due applied) and changes
+        only the refill, in the same script as the read, so no concurrent spend is lost.
+        Returns the balance now remaining.
+        """
+        if remaining is not None and remaining < 0:
             raise ValueError("credits remaining cannot be negative")
         args: list[object] = [
             "" if now_ms is None else now_ms,
-            remaining,
+            "" if remaining is None else remaining,
             refill.amount if refill else -1,
             refill.interval if refill else "",
         ]
-        await self._run(self._set, [self.credits_key(account_id, mode, credits_id)], args)
+        raw = await self._run(self._set, [self.credits_key(account_id, mode, credits_id)], args)
+        return int(raw)
 
     async def drop_credits(self, account_id: str, mode: str, credits_id: str) -> None:
         """The key has no credits any more: it is no longer metered by balance."""

@@ -28,6 +28,8 @@
     allowed_endpoints: "create-endpoints",
     rate_limit: "create-rate",
     metadata: "create-metadata",
+    credits: "create-credits",
+    refill_amount: "create-refill-amount",
     url: "webhook-url",
     events: "webhook-events",
     description: "webhook-description",
@@ -46,6 +48,7 @@
     hasMore: false,
     target: null, // the key a rotate/revoke dialog is about
     chart: null,
+    usageKey: null, // the key the usage panel shows, for the credits dialog
   };
 
   function $(id) {
@@ -290,7 +293,7 @@
     } catch (e) {
       /* nothing stored */
     }
-    ["create-dialog", "secret-dialog", "rotate-dialog", "revoke-dialog", "whsecret-dialog"].forEach(function (id) {
+    ["create-dialog", "secret-dialog", "rotate-dialog", "revoke-dialog", "whsecret-dialog", "credits-dialog"].forEach(function (id) {
       if ($(id).open) $(id).close();
     });
     destroyChart();
@@ -468,10 +471,40 @@
       cell("Created", [timeCell(key.created_at, "\u2014")]),
       cell("Last used", [timeCell(key.last_used_at, "Never")]),
       cell("Expires", [timeCell(key.expires_at, "Never")]),
+      cell("Credits", creditsCell(key.credits)),
       cell("Status", statusCell),
       cell("Actions", [actions]),
     ]);
     return row;
+  }
+
+  function formatCount(n) {
+    return Number(n).toLocaleString("en-US");
+  }
+
+  function refillText(refill) {
+    return refill ? "refilled to " + formatCount(refill.amount) + " each " + refill.interval : "no refill";
+  }
+
+  /* A key's credits in the table: the balance, and its refill underneath; a dash when unmetered. */
+  function creditsCell(credits) {
+    if (!credits) return [el("span", { className: "muted", text: "\u2014", title: "Not metered by credits" })];
+    var remaining = credits.remaining === null || credits.remaining === undefined ? "?" : formatCount(credits.remaining);
+    var out = [el("span", { className: "credits-left" + (credits.remaining === 0 ? " spent" : ""), text: remaining })];
+    if (credits.refill) {
+      out.push(
+        el("span", {
+          className: "muted credits-refill",
+          text: " / " + formatCount(credits.refill.amount) + " per " + credits.refill.interval,
+        })
+      );
+    }
+    return out;
+  }
+
+  /* A whole number as typed, or the text itself so that the API refuses it naming the field. */
+  function wholeOrText(text) {
+    return /^\d+$/.test(text) ? Number(text) : text;
   }
 
   // Create
@@ -575,6 +608,17 @@
       return part.trim();
     }).filter(Boolean);
     if (rates.length) body.rate_limit = rates.length === 1 ? rates[0] : rates;
+    var credits = $("create-credits").value.trim();
+    var refillAmount = $("create-refill-amount").value.trim();
+    if (credits || refillAmount) {
+      body.credits = {
+        remaining: credits ? wholeOrText(credits) : null,
+        refill: refillAmount
+          ? { amount: wholeOrText(refillAmount), interval: $("create-refill-interval").value }
+          : null,
+      };
+      if (!credits) delete body.credits.remaining; // the API says a balance is needed
+    }
     var metadata = $("create-metadata").value.trim();
     if (metadata) {
       // The API validates metadata: text that is not JSON is sent as it is, and refused there.
@@ -606,7 +650,10 @@
       .catch(function (error) {
         if (error instanceof ApiError && error.status === 401) return failed(error);
         if (error instanceof ApiError && (error.status === 400 || error.status === 403)) {
-          fieldError(error.field, error.message, "create-error");
+          var field = error.field;
+          if (field === "credits.refill.amount") field = "refill_amount";
+          else if (field && field.indexOf("credits") === 0) field = "credits";
+          fieldError(field, error.message, "create-error");
           return;
         }
         fieldError(null, error.message || String(error), "create-error");
@@ -740,6 +787,7 @@
     clear($("usage-totals"));
     clear($("usage-key"));
     show($("usage-empty"), false);
+    state.usageKey = null;
     $("usage-title").textContent = "Usage";
     var encoded = encodeURIComponent(keyId);
     Promise.all([api("GET", "/api-keys/" + encoded), api("GET", "/api-keys/" + encoded + "/usage")])
@@ -748,9 +796,114 @@
         var usage = (results[1].data && results[1].data.data) || {};
         $("usage-title").textContent = "Usage of " + (key.name || keyId) + " (" + maskedKey(key) + ")";
         renderUsage(Array.isArray(usage.days) ? usage.days : []);
+        renderBudgets(key, usage);
         renderKeySettings(key);
       })
       .catch(failed);
+  }
+
+  function formatReset(iso) {
+    var moment = new Date(iso);
+    if (isNaN(moment.getTime())) return iso;
+    return moment.toLocaleString("en-GB", {
+      timeZone: "UTC",
+      day: "numeric",
+      month: "short",
+      year: "numeric",
+      hour: "2-digit",
+      minute: "2-digit",
+    }) + " UTC";
+  }
+
+  /* The usage cards: the plan's quota this period and the key's credits. */
+  function renderBudgets(key, usage) {
+    state.usageKey = key;
+    var quota = usage.quota || null;
+    var bar = $("usage-quota-bar");
+    if (quota) {
+      $("usage-quota-figure").textContent = formatCount(quota.used) + " of " + formatCount(quota.limit);
+      bar.max = quota.limit;
+      bar.value = Math.min(quota.used, quota.limit);
+      bar.className = quota.used >= quota.limit ? "spent" : quota.used >= 0.8 * quota.limit ? "near" : "";
+      show(bar, true);
+      $("usage-quota-note").textContent =
+        "calls this " + quota.period + " by all of the account's " + (key.mode || "") +
+        " keys; resets " + formatReset(quota.resets_at);
+    } else {
+      $("usage-quota-figure").textContent = "No quota";
+      show(bar, false);
+      $("usage-quota-note").textContent = "The account's plan sets no daily or monthly quota.";
+    }
+    var credits = usage.credits !== undefined ? usage.credits : key.credits;
+    if (credits) {
+      $("usage-credits-figure").textContent =
+        (credits.remaining === null ? "?" : formatCount(credits.remaining)) + " left";
+      $("usage-credits-note").textContent =
+        refillText(credits.refill).replace(/^./, function (c) {
+          return c.toUpperCase();
+        }) + ".";
+      $("credits-open").textContent = "Change credits";
+    } else {
+      $("usage-credits-figure").textContent = "Not metered";
+      $("usage-credits-note").textContent = "Requests with this key spend no credits.";
+      $("credits-open").textContent = "Add credits";
+    }
+    var active = keyStatus(key) === "active";
+    show($("credits-open"), active);
+  }
+
+  function openCredits() {
+    var key = state.usageKey;
+    if (!key) return;
+    var form = $("credits-form");
+    form.reset();
+    clearFieldErrors(form);
+    $("credits-name").textContent = key.name || key.id;
+    var credits = key.credits;
+    $("credits-now").textContent = credits
+      ? "Now: " + (credits.remaining === null ? "?" : formatCount(credits.remaining)) + " left, " +
+        refillText(credits.refill) + "."
+      : "Not metered by credits now: give the credits it starts with.";
+    if (credits && credits.refill) {
+      $("credits-refill-amount").value = String(credits.refill.amount);
+      $("credits-refill-interval").value = credits.refill.interval;
+    }
+    $("credits-off").disabled = !credits;
+    $("credits-dialog").showModal();
+    $("credits-remaining").focus();
+  }
+
+  function submitCredits(event) {
+    event.preventDefault();
+    var key = state.usageKey;
+    if (!key) return;
+    var form = $("credits-form");
+    var save = $("credits-save");
+    clearFieldErrors(form);
+    var change;
+    if ($("credits-off").checked) {
+      change = null;
+    } else {
+      change = {};
+      var remaining = $("credits-remaining").value.trim();
+      if (remaining) change.remaining = wholeOrText(remaining);
+      var amount = $("credits-refill-amount").value.trim();
+      change.refill = amount ? { amount: wholeOrText(amount), interval: $("credits-refill-interval").value } : null;
+    }
+    save.disabled = true;
+    api("PATCH", "/api-keys/" + encodeURIComponent(key.id), { credits: change })
+      .then(function () {
+        $("credits-dialog").close();
+        showFlash("Credits of \u201c" + (key.name || key.id) + "\u201d saved.");
+        loadUsage(key.id);
+      })
+      .catch(function (error) {
+        if (error instanceof ApiError && error.status === 401) return failed(error);
+        fieldError(null, error.message, "credits-error");
+      })
+      .then(function () {
+        save.disabled = false;
+      });
   }
 
   function listOrNone(values, none) {
@@ -1350,6 +1503,11 @@
       location.hash = "#keys";
     });
     $("create-open").addEventListener("click", openCreate);
+    $("credits-open").addEventListener("click", openCredits);
+    $("credits-form").addEventListener("submit", submitCredits);
+    $("credits-cancel").addEventListener("click", function () {
+      $("credits-dialog").close();
+    });
     $("create-form").addEventListener("submit", submitCreate);
     $("create-cancel").addEventListener("click", function () {
       $("create-dialog").close();

@@ -109,9 +109,13 @@ class Meter:
 
     async def _drain(self, tag: tuple[str, str]) -> None:
         try:
+            # One turn of the event loop before each call: the requests it is reading
+            # at that moment join this call instead of waiting for the next one.
+            await asyncio.sleep(0)
             while batch := self._queues.pop(tag, None):
                 quota = self._quotas.pop(tag, None)
                 await self._decide(tag, quota, batch)
+                await asyncio.sleep(0)
         finally:
             self._running.discard(tag)
 

@@ -17,7 +17,7 @@ from conftest import bearer, new_account, new_key, service_for, upstream_url
 from prometheus_client import generate_latest
 from realparts import RedisServer
 
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 
 CHECK = "/v1/auth/check"
 
@@ -65,6 +65,33 @@ def seconds_to_next_month() -> float:
     now = datetime.now(UTC)
     year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
     return (datetime(year, month, 1, tzinfo=UTC) - now).total_seconds()
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+def test_route_cost_defaults_to_one_and_takes_zero() -> None:
+    r = {"match": "/r", "upstream": "http://127.0.0.1:1"}
+    config = parse_config(
+        {"routes": [{"name": "a", **r}, {"name": "b", **r, "match": "/b", "cost": 0}]}
+    )
+    assert [route.cost for route in config.routes] == [1, 0]
+    assert config.metering.on_store_error == "deny"
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"routes": [{"name": "a", "match": "/a", "upstream": "http://h", "cost": -1}]}, "cost"),
+        ({"routes": [{"name": "a", "match": "/a", "upstream": "http://h", "cost": "5"}]}, "cost"),
+        ({"routes": [{"name": "a", "match": "/a", "upstream": "http://h", "cost": 1.5}]}, "cost"),
+        ({"metering": {"on_store_error": "local"}}, "metering.on_store_error"),
+    ],
+)
+def test_bad_metering_settings_are_refused_naming_the_setting(data, path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    assert any(path in error for error in caught.value.errors), caught.value.errors
 
 
 # -- plan quotas ---------------------------------------------------------------------

@@ -78,6 +78,7 @@ class Meter:
         self._queues: dict[tuple[str, str], list[_Item]] = {}
         self._quotas: dict[tuple[str, str], Quota | None] = {}
         self._running: set[tuple[str, str]] = set()
+        self._drains: set[asyncio.Task] = set()  # held, so none is collected mid-call
         self.store_calls = 0
         self.store_failures = 0
 
@@ -104,7 +105,9 @@ class Meter:
         self._quotas[tag] = quota
         if tag not in self._running:
             self._running.add(tag)
-            asyncio.ensure_future(self._drain(tag))
+            task = asyncio.ensure_future(self._drain(tag))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
         return await future
 
     async def _drain(self, tag: tuple[str, str]) -> None:

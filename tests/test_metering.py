@@ -370,6 +370,10 @@ async def test_a_store_outage_denies_or_allows_metered_requests_as_configured(
         assert status == 200
         assert "X-Credits-Remaining" not in headers  # unmetered: nothing could be read
     assert (await call(http, gw, plain))[0] == 200  # an unmetered key never asks the store
+    check = {**bearer(metered), "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/x"}
+    async with http.get(gw.url + CHECK, headers=check) as resp:
+        await resp.read()
+        assert resp.status == (429 if on_store_error == "deny" else 200)  # forward auth alike
 
 
 # -- never overspent ------------------------------------------------------------------------------

@@ -113,6 +113,12 @@ SCENARIOS: list[Scenario] = [
         headers=bearer("limited"),
     ),
     Scenario(
+        "gateway_credits",
+        "gateway, cached key + credits + 3 rate windows, none reached",
+        "gateway",
+        headers=bearer("credited"),
+    ),
+    Scenario(
         "forward_auth",
         "forward auth decision (/v1/auth/check), cached key",
         "gateway",
@@ -168,6 +174,13 @@ GOALS: list[Goal] = [
         0.8,
         "rate limiting costs at most 20% of the auth-only throughput",
     ),
+    Goal(
+        "gateway_credits",
+        "gateway_rate_limited",
+        0.9,
+        "a key with credits and 3 windows (one exact store spend per request, shared "
+        "round trips) >= 0.9x a key with one window and no credits",
+    ),
 ]
 
 # Routes of the gateway's config (``{upstream}`` is filled in).
@@ -187,6 +200,15 @@ KEYS: dict[str, list[str]] = {
     # a limit on every request, high enough never to answer 429
     "limited": ["--permissions", "read", "--rate-limit", "100000000/minute"],
     "windows": ["--permissions", "read"],
+    # credits far above what any run spends, and three windows of its own none reached
+    "credited": [
+        "--permissions",
+        "read",
+        "--rate-limit",
+        "100000/second,10000000/hour,100000000/day",
+        "--credits",
+        str(10**12),
+    ],  # fmt: skip
 }
 
 # The gateway's plans; a key of KEY_PLANS belongs to an account on that plan, else "default".
@@ -201,6 +223,7 @@ KEY_PLANS: dict[str, str] = {"windows": "three_windows"}
 COMPARISONS: list[tuple[str, str, str]] = [
     ("gateway_3_windows", "gateway_rate_limited", "3 rate windows against 1"),
     ("gateway_3_windows", "gateway_cached_key", "3 rate windows against none"),
+    ("gateway_credits", "gateway_cached_key", "credits and 3 windows against neither"),
 ]
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import __version__
 from .alerts.detectors import AlertDetector
+from .alerts.quota import QuotaAlerts
 from .compat.aiohttp import GatewayServer
 from .config.schema import Config
 from .events.delivery import WebhookDispatcher
@@ -31,6 +32,7 @@ from .keys.invalidation import InvalidationListener
 from .keys.service import KeyService
 from .keys.store import KeyStore
 from .management import local_routes
+from .metering import Meter
 from .ops.admin import admin_routes
 from .ops.reload import ConfigReloader
 from .pipeline import Pipeline
@@ -129,6 +131,11 @@ class GatewayApp:
                 rotation_days=lambda: holder[0].snapshot.config.keys.rotation_days,
             )
         service.events.listeners.append(metrics.count_alert)
+        meter = Meter(
+            service.balances,
+            on_store_error=lambda: holder[0].snapshot.config.metering.on_store_error,
+            on_crossing=QuotaAlerts(service.events, lambda: holder[0].snapshot.config.alerts),
+        )
         runtime = Runtime(
             snapshot=Snapshot.build(config),
             store=store,
@@ -137,7 +144,13 @@ class GatewayApp:
             metrics=metrics,
             access_log=AccessLog(config.keys.prefix),
             pipeline=Pipeline(
-                prefix=config.keys.prefix, cache=cache, limiter=limiter, usage=usage, alerts=alerts
+                prefix=config.keys.prefix,
+                cache=cache,
+                limiter=limiter,
+                usage=usage,
+                alerts=alerts,
+                meter=meter,
+                quota_for=lambda plan: holder[0].snapshot.quotas.get(plan),
             ),
             limiter=limiter,
             usage=usage,
@@ -145,6 +158,7 @@ class GatewayApp:
             request_ids=RequestIds(config.keys.prefix),
             config_path=self._config_path,
             worker=self._worker,
+            meter=meter,
         )
         holder.append(runtime)
         if config.tracing.otlp_endpoint is not None:

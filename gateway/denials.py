@@ -85,6 +85,12 @@ FAULTS: dict[str, Fault] = {
         403, "permission_error", "This origin, method or header is not allowed (CORS)"
     ),
     "rate_limit_exceeded": Fault(429, "rate_limit_error", "Rate limit exceeded"),
+    "quota_exceeded": Fault(
+        429, "rate_limit_error", "The account's quota for this period is used up"
+    ),
+    "credits_exhausted": Fault(
+        429, "rate_limit_error", "The API key has not enough credits left for this request"
+    ),
     "auth_backend_unavailable": Fault(
         503, "api_error", "The key store is unavailable; try again shortly", retry_after=5
     ),

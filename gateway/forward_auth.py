@@ -6,8 +6,11 @@ ingress-nginx send the gateway a copy of the client's request headers and ask
 request: the same route, method, key, restriction, permission and rate-limit
 checks in the same order, the same refusal (status, envelope,
 ``WWW-Authenticate``, ``Retry-After``, ``X-Request-Id``), and on success a
-bodiless 200 carrying the ``X-Gateway-*`` identity headers and the rate-limit
-headers for the proxy to copy upstream.
+bodiless 200 carrying the ``X-Gateway-*`` identity headers, the rate-limit
+headers and, for a key with credits, ``X-Credits-Remaining`` for the proxy to
+copy. A check spends the route's ``cost`` of the plan's quota and the key's
+credits as the proxied request would (SPEC §16): the check decides the
+request, so the proxy in front must ask once per request it forwards.
 
 The original request is read from:
 
@@ -99,6 +102,7 @@ class ForwardAuth:
             route_rate_limit=route.rate_limit,
             method=method,
             path=path,
+            cost=route.cost,
         )
         result = await self.runtime.pipeline.authenticate(attempt)
         if isinstance(result, Denial):
@@ -115,6 +119,8 @@ class ForwardAuth:
             out.update(principal.key.upstream_headers)
             if principal.rate is not None:
                 out.update(principal.rate.headers())
+            if principal.credits is not None:
+                out["X-Credits-Remaining"] = str(principal.credits)
         return web.Response(status=200, headers=out)
 
     @staticmethod

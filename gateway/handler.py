@@ -73,6 +73,7 @@ UPSTREAM_UNAVAILABLE = Denial("upstream_unavailable")
 # Response headers the gateway sets itself, in place of the upstream's.
 REPLACED = frozenset({"x-request-id"})
 REPLACED_WITH_RATE_LIMIT = REPLACED | {
+    "x-credits-remaining",
     "ratelimit",
     "ratelimit-policy",
     "x-ratelimit-limit",
@@ -342,6 +343,7 @@ class PublicHandler:
                 route_name=route.name,
                 required_permission=route.required_permission(method),
                 route_rate_limit=route.rate_limit,
+                cost=route.cost,
             )
             if upgrade:
                 key, protocols, several = split_key(protocols)
@@ -360,6 +362,9 @@ class PublicHandler:
             mode = result.key.record.mode
             if result.rate is not None:
                 extra = result.rate.headers()
+            if result.credits is not None:
+                extra = extra or {}
+                extra["X-Credits-Remaining"] = str(result.credits)
         target = route.target_for(mode)
         breaker = (
             rt.breakers.get(route.name, target.origin, *route.circuit_breaker)

@@ -1,4 +1,4 @@
-"""The request pipeline of SPEC §4 from credentials to rate limit.
+"""The request pipeline of SPEC §4 from credentials to rate limit, quota and credits.
 
 Every entry point (the proxy, the management API, forward auth) first runs
 the front checks of :mod:`gateway.checks.front` on a :class:`RequestContext`,
@@ -6,11 +6,18 @@ then builds one :class:`Attempt` with :func:`attempt_for` and asks
 :meth:`Pipeline.authenticate` for a :class:`Principal` or a :class:`Denial`;
 :func:`gateway.denials.error_response` is the one way a denial is answered.
 Checks run in the SPEC's order; only faults (the store down) raise.
+
+A request with a ``cost`` (the proxy and forward auth give the route's; the
+management endpoints none) whose key is metered, by its plan's quota or its
+own credits, is then decided by the :class:`~gateway.metering.Meter`, only
+once the rate limit has let it through: a request the rate limit refuses
+spends nothing. An unmetered key costs no await and no allocation here.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +31,8 @@ from .denials import BACKEND_DOWN, Denial
 from .keys.cache import KeyCache
 from .keys.format import hash_secret, parse_mode
 from .keys.model import CompiledKey
+from .metering import Meter, Quota
+from .metering.refusal import metering_denial
 from .store.connection import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -43,6 +52,7 @@ class Principal:
     key: CompiledKey
     rate: RateLimitDecision | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    credits: int | None = None  # the key's balance after this request, when it has credits
 
 
 @dataclass(slots=True)
@@ -58,6 +68,7 @@ class Attempt:
     required_permission: str | None
     route_rate_limit: object | None = None
     key: CompiledKey | None = field(default=None)
+    cost: int = 0  # what the request spends of a metered key: 0 for the gateway's own endpoints
 
 
 class RequestContext:
@@ -134,11 +145,13 @@ def attempt_for(
     route_rate_limit: object | None = None,
     method: str | None = None,
     path: str | None = None,
+    cost: int = 0,
 ) -> Attempt:
     """What a request presents to :meth:`Pipeline.authenticate` (every entry point builds it here).
 
     ``method`` and ``path`` default to the request's own; forward auth passes
-    the original request's.
+    the original request's. ``cost`` is the route's (SPEC §16); the §7, §14
+    and §15 endpoints leave it at 0 and spend nothing.
     """
     if ctx.peer_trusted:
         address = client_ip(ctx.peer, headers.getall("X-Forwarded-For", []), trusted_proxies)
@@ -154,12 +167,18 @@ def attempt_for(
         route_name=route_name,
         required_permission=required_permission,
         route_rate_limit=route_rate_limit,
+        cost=cost,
     )
+
+
+def no_quota(plan: str) -> Quota | None:
+    return None
 
 
 class Pipeline:
     def __init__(
         self, *, prefix: str, cache: KeyCache, limiter=None, usage=None, alerts=None,
+        meter: Meter | None = None, quota_for: Callable[[str], Quota | None] = no_quota,
         clock=time.time,
     ):  # fmt: skip
         self.prefix = prefix
@@ -167,6 +186,8 @@ class Pipeline:
         self.limiter = limiter
         self.usage = usage
         self.alerts = alerts  # the AlertDetector: in-process counts, no store call
+        self.meter = meter  # quotas and credits (SPEC §16)
+        self.quota_for = quota_for  # a plan's quota in the live config, None for none
         self.clock = clock
         self.tracer: Tracer | None = None  # spans for the store calls, when recorded
 
@@ -217,8 +238,38 @@ class Pipeline:
                 if not decision.allowed:
                     self._count(key, attempt, "rate_limit_exceeded")
                     return decision.denial()
+        if attempt.cost and self.meter is not None:
+            quota = self.quota_for(key.plan)
+            if quota is not None or key.credits_id is not None:
+                denial = await self.spend(key, attempt, principal, quota)
+                if denial is not None:
+                    self._count(key, attempt, denial.code)
+                    return denial
         self._count(key, attempt, None)
         return principal
+
+    async def spend(
+        self, key: CompiledKey, attempt: Attempt, principal: Principal, quota: Quota | None
+    ) -> Denial | None:
+        """Spend the plan's quota and the key's credits on this request, or say why not."""
+        assert self.meter is not None
+        record = key.record
+        if self.tracer is None:
+            result = await self.meter.spend(
+                record.account_id, record.mode, quota, key.credits_id, attempt.cost, key.id
+            )
+        else:
+            with self.tracer.store_span("metering.spend"):
+                result = await self.meter.spend(
+                    record.account_id, record.mode, quota, key.credits_id, attempt.cost, key.id
+                )
+        if result.allowed:
+            principal.credits = result.credits_remaining
+            return None
+        rate = principal.rate
+        return metering_denial(
+            result, quota, attempt.cost, rate.headers() if rate is not None else None
+        )
 
     def restrict(self, key: CompiledKey, attempt: Attempt) -> Denial | None:
         """Status, restrictions and permission, in the SPEC's order."""

@@ -83,6 +83,7 @@ class Route:
     cors: CorsPolicy | None = None
     websocket: bool = False
     websocket_idle_timeout: float = 3600.0
+    cost: int = 1  # credits (and one quota call) an allowed request spends; 0: not metered
 
     @classmethod
     def build(cls, cfg: RouteConfig) -> Route:
@@ -112,6 +113,7 @@ class Route:
             cors=cors_policy(cfg.cors, frozenset(allowed) if methods else None),
             websocket=cfg.websocket,
             websocket_idle_timeout=cfg.websocket_idle_timeout,
+            cost=cfg.cost,
         )
 
     def allows(self, method: str) -> bool:

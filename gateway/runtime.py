@@ -16,6 +16,7 @@ from .keys.invalidation import InvalidationListener
 from .keys.model import CompiledKey
 from .keys.service import KeyService
 from .keys.store import KeyStore
+from .metering import Meter, Quota
 from .pipeline import Pipeline
 from .proxy.breaker import Breakers
 from .proxy.streams import OpenStreams
@@ -42,6 +43,7 @@ class Snapshot:
     local_routes: tuple[tuple[str, bool, LocalHandler], ...] = ()  # (path, is_prefix, handler)
     local_starts: tuple[str, ...] = ()  # every local path starts with one of these
     management_cors: CorsPolicy | None = None
+    quotas: dict[str, Quota] = field(default_factory=dict)  # plan name -> its quota, if any
 
     @classmethod
     def build(
@@ -56,6 +58,7 @@ class Snapshot:
             management_cors=cors_policy(
                 config.management.cors, frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE"})
             ),
+            quotas={name: plan.quota for name, plan in config.plans.items() if plan.quota},
         )
 
     def local_handler(self, path: str) -> LocalHandler | None:
@@ -97,6 +100,7 @@ class Runtime:
     webhooks: Any = None  # this replica's WebhookDispatcher, when it delivers
     alerts: Any = None  # this replica's AlertDetector, when alerts are on
     tracer: Tracer | None = None  # spans over OTLP, with tracing.otlp_endpoint set
+    meter: Meter | None = None  # plan quotas and key credits on the request path (SPEC §16)
 
     @property
     def config(self) -> Config:

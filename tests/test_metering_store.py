@@ -218,3 +218,23 @@ async def test_a_metered_key_whose_balance_is_gone_spends_nothing(store: MeterSt
     assert (spent.reason, spent.credits_remaining) == ("credits_exhausted", 0)
     (free,) = await store.spend("acct", "live", None, [("vanished", 0)])
     assert free.allowed
+
+
+async def test_a_mixed_batch_decides_each_item_as_one_by_one_would(store: MeterStore) -> None:
+    """Alike neighbours travel as one run: the outcome is still each item's, in order."""
+    items = [("a", 1), ("a", 1), ("b", 3), (None, 1), ("a", 1), ("b", 3), ("b", 3), ("a", 2)]
+    items += [("a", 1)] * 6 + [(None, 1)] * 3 + [("b", 0)] * 2
+    quota = Quota(15, "day")
+    now = ms("2026-12-05T12:00:00")
+    for account in ("batched", "single"):
+        await store.set_credits(account, "live", "a", 9, None, now_ms=now)
+        await store.set_credits(account, "live", "b", 7, None, now_ms=now)
+    batched = await store.spend("batched", "live", quota, items, now_ms=now)
+    single = [(await store.spend("single", "live", quota, [item], now_ms=now))[0] for item in items]
+    assert batched == single
+    reasons = [r.reason for r in batched]
+    assert reasons.count(None) == 15  # the quota's last call goes to the first free item
+    assert reasons.count("credits_exhausted") == 3  # one "b" at 3, two "a" at 1
+    assert reasons[-1] == "quota_exceeded"
+    assert (await store.credits("batched", "live", "a")).remaining == 0
+    assert (await store.credits("batched", "live", "b")).remaining == 1

@@ -233,6 +233,14 @@ class RateLimitsConfig(_Model):
     on_store_error: Literal["allow", "deny", "local"] = "local"
 
 
+class MeteringConfig(_Model):
+    """Plan quotas and key credits (SPEC §16)."""
+
+    # The store cannot be asked: deny (429, a balance that cannot be checked could be
+    # overspent) or allow the metered request through unmetered.
+    on_store_error: Literal["deny", "allow"] = "deny"
+
+
 class PlanConfig(_Model):
     rate_limit: RateSpec | None = None
     quota: QuotaSpec | None = None  # calls per calendar day or month, per account and mode
@@ -255,6 +263,7 @@ class RouteConfig(_Model):
     auth: Literal["required", "none"] = "required"
     permissions: dict[str, str] | None = None
     rate_limit: RateSpec | None = None
+    cost: int = Field(1, ge=0, strict=True)  # credits an allowed request spends; 0 is free
     timeout: Duration = 30.0
     forward_authorization: bool = False
     circuit_breaker: CircuitBreakerConfig | None = None
@@ -419,6 +428,7 @@ class Config(_Model):
     management: ManagementConfig = ManagementConfig()
     dashboard: DashboardConfig = DashboardConfig()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
+    metering: MeteringConfig = MeteringConfig()
     plans: dict[str, PlanConfig] = Field(default_factory=lambda: {"default": PlanConfig()})
     routes: tuple[RouteConfig, ...] = ()
     alerts: AlertsConfig = AlertsConfig()

@@ -42,12 +42,15 @@ class Unmetered:
 
 
 class _Item:
-    __slots__ = ("credits_id", "cost", "future")
+    __slots__ = ("credits_id", "cost", "future", "key_id")
 
-    def __init__(self, credits_id: str | None, cost: int, future: asyncio.Future):
+    def __init__(
+        self, credits_id: str | None, cost: int, future: asyncio.Future, key_id: str | None
+    ):
         self.credits_id = credits_id
         self.cost = cost
         self.future = future
+        self.key_id = key_id
 
 
 class Meter:
@@ -57,19 +60,31 @@ class Meter:
         self,
         store: MeterStore,
         *,
-        on_store_error: str = "deny",
+        on_store_error: str | Callable[[], str] = "deny",
         on_crossing: Callable[[str, str, str | None, Crossing], None] | None = None,
     ):
-        if on_store_error not in ON_STORE_ERROR:
+        """``on_store_error`` may be a callable read at each failure (the live config's).
+
+        ``on_crossing(account id, mode, key id, crossing)`` hears of every alert
+        threshold crossed, once per period (the store keeps the level raised).
+        """
+        if isinstance(on_store_error, str) and on_store_error not in ON_STORE_ERROR:
             raise ValueError(f"on_store_error must be deny or allow, not {on_store_error!r}")
         self.store = store
-        self.on_store_error = on_store_error
+        self._on_store_error = (
+            on_store_error if callable(on_store_error) else (lambda: on_store_error)
+        )
         self.on_crossing = on_crossing
         self._queues: dict[tuple[str, str], list[_Item]] = {}
         self._quotas: dict[tuple[str, str], Quota | None] = {}
         self._running: set[tuple[str, str]] = set()
+        self._drains: set[asyncio.Task] = set()  # held, so none is collected mid-call
         self.store_calls = 0
         self.store_failures = 0
+
+    @property
+    def on_store_error(self) -> str:
+        return self._on_store_error()
 
     async def spend(
         self,
@@ -78,22 +93,32 @@ class Meter:
         quota: Quota | None,
         credits_id: str | None,
         cost: int,
+        key_id: str | None = None,
     ) -> Spent | Unmetered:
-        """One request's decision; spends only when it is allowed."""
+        """One request's decision; spends only when it is allowed.
+
+        ``key_id`` names the key in the crossings reported to ``on_crossing``.
+        """
         tag = (account_id, mode)
         future = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(tag, []).append(_Item(credits_id, cost, future))
+        self._queues.setdefault(tag, []).append(_Item(credits_id, cost, future, key_id))
         self._quotas[tag] = quota
         if tag not in self._running:
             self._running.add(tag)
-            asyncio.ensure_future(self._drain(tag))
+            task = asyncio.ensure_future(self._drain(tag))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
         return await future
 
     async def _drain(self, tag: tuple[str, str]) -> None:
         try:
+            # One turn of the event loop before each call: the requests it is reading
+            # at that moment join this call instead of waiting for the next one.
+            await asyncio.sleep(0)
             while batch := self._queues.pop(tag, None):
                 quota = self._quotas.pop(tag, None)
                 await self._decide(tag, quota, batch)
+                await asyncio.sleep(0)
         finally:
             self._running.discard(tag)
 
@@ -108,10 +133,9 @@ class Meter:
             )
         except StoreUnavailable as exc:
             self.store_failures += 1
-            log.warning(
-                "metering store unavailable (%s); on_store_error=%s", exc, self.on_store_error
-            )
-            allowed = self.on_store_error == "allow"
+            on_store_error = self._on_store_error()
+            log.warning("metering store unavailable (%s); on_store_error=%s", exc, on_store_error)
+            allowed = on_store_error == "allow"
             fallback = Unmetered(allowed, None if allowed else "store_unavailable")
             results = [fallback] * len(batch)
         except Exception as exc:  # pragma: no cover - a bug must not leave requests hanging
@@ -125,4 +149,4 @@ class Meter:
                 item.future.set_result(result)
             if self.on_crossing is not None:
                 for crossing in result.crossings:
-                    self.on_crossing(account_id, mode, item.credits_id, crossing)
+                    self.on_crossing(account_id, mode, item.key_id, crossing)

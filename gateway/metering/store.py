@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -118,10 +119,12 @@ if qlimit > 0 then
 end
 local balances = {}
 local out = {now, q and q.u or 0, q and q.reset or 0}
-local n = tonumber(ARGV[4])
-for j = 1, n do
-  local ci = tonumber(ARGV[3 + 2 * j])
-  local cost = tonumber(ARGV[4 + 2 * j])
+-- the items come as runs: (credits key index, cost, how many in a row)
+local runs = tonumber(ARGV[4])
+for r = 1, runs do
+  local ci = tonumber(ARGV[2 + 3 * r])
+  local cost = tonumber(ARGV[3 + 3 * r])
+  local count = tonumber(ARGV[4 + 3 * r])
   local c = nil
   if ci > 0 then
     c = balances[ci]
@@ -131,32 +134,34 @@ for j = 1, n do
       balances[ci] = c
     end
   end
-  local reason, qfrom, qto, cfrom, cto = 0, 0, 0, 0, 0
-  if q and q.u + 1 > qlimit then
-    reason = 1
-  elseif c and cost > 0 and c.r < cost then
-    reason = 2
-  end
-  if reason == 0 then
-    if q then
-      q.u = q.u + 1
-      local l = level(q.u, qlimit)
-      if l > q.t then qfrom, qto, q.t = q.t, l, l end
+  for _ = 1, count do
+    local reason, qfrom, qto, cfrom, cto = 0, 0, 0, 0, 0
+    if q and q.u + 1 > qlimit then
+      reason = 1
+    elseif c and cost > 0 and c.r < cost then
+      reason = 2
     end
-    if c and cost > 0 then
-      c.r = c.r - cost
-      local l = level(c.b - c.r, c.b)
-      if l > c.t then cfrom, cto, c.t = c.t, l, l end
-      c.dirty = true
+    if reason == 0 then
+      if q then
+        q.u = q.u + 1
+        local l = level(q.u, qlimit)
+        if l > q.t then qfrom, qto, q.t = q.t, l, l end
+      end
+      if c and cost > 0 then
+        c.r = c.r - cost
+        local l = level(c.b - c.r, c.b)
+        if l > c.t then cfrom, cto, c.t = c.t, l, l end
+        c.dirty = true
+      end
     end
+    out[#out + 1] = reason
+    out[#out + 1] = q and q.u or 0
+    out[#out + 1] = qfrom * 10 + qto
+    out[#out + 1] = c and c.r or -1
+    out[#out + 1] = c and c.reset or -1
+    out[#out + 1] = c and c.b or 0
+    out[#out + 1] = cfrom * 10 + cto
   end
-  out[#out + 1] = reason
-  out[#out + 1] = q and q.u or 0
-  out[#out + 1] = qfrom * 10 + qto
-  out[#out + 1] = c and c.r or -1
-  out[#out + 1] = c and c.reset or -1
-  out[#out + 1] = c and c.b or 0
-  out[#out + 1] = cfrom * 10 + cto
 end
 if q then
   redis.call('HSET', qkey, 'p', q.p, 'u', q.u, 't', q.t)
@@ -278,9 +283,8 @@ class Crossing:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class Spent:
-    """One item's outcome."""
+class Spent(NamedTuple):
+    """One item's outcome (a tuple: one is built per metered request)."""
 
     reason: str | None  # None (allowed), "quota_exceeded" or "credits_exhausted"
     quota_used: int
@@ -337,15 +341,16 @@ class MeterStore:
         items: Sequence[tuple[str | None, int]],
         now_ms: int | None = None,
     ) -> list[Spent]:
-        """Decide and spend ``items`` (credits id or None, cost) in order, each all or nothing."""
+        """Decide and spend ``items`` (credits id or None, cost) in order, each all or nothing.
+
+        Consecutive items alike (one key, one cost: a busy key's batch) go to the
+        script as one run, so a batch costs a few arguments whatever its size.
+        """
         keys = [self.quota_key(account_id, mode)]
         index: dict[str, int] = {}
-        args: list[object] = [
-            "" if now_ms is None else now_ms,
-            quota.limit if quota else 0,
-            quota.unit if quota else "",
-            len(items),
-        ]
+        runs: list[object] = []
+        last: tuple[int, int] | None = None
+        count = 0
         for credits_id, cost in items:
             ci = 0
             if credits_id is not None:
@@ -353,19 +358,32 @@ class MeterStore:
                 if not ci:
                     keys.append(self.credits_key(account_id, mode, credits_id))
                     ci = index[credits_id] = len(keys) - 1
-            args.extend((ci, cost))
+            if (ci, cost) == last:
+                count += 1
+                continue
+            if last is not None:
+                runs.extend((*last, count))
+            last, count = (ci, cost), 1
+        if last is not None:
+            runs.extend((*last, count))
+        args: list[object] = [
+            "" if now_ms is None else now_ms,
+            quota.limit if quota else 0,
+            quota.unit if quota else "",
+            len(runs) // 3,
+            *runs,
+        ]
         raw = await self._run(self._spend, keys, args)
-        quota_reset = int(raw[2])
+        # Lua numbers come back as Redis integers: ints already, no conversion needed
+        quota_reset = raw[2]
         out: list[Spent] = []
         for j in range(3, len(raw), 7):
-            reason, q_used, q_code, c_left, c_reset, c_budget, c_code = (
-                int(v) for v in raw[j : j + 7]
-            )
-            crossings = []
-            if quota and q_code:
-                crossings.append(Crossing("quota", _crossed(q_code), q_used, quota.limit))
+            reason, q_used, q_code, c_left, c_reset, c_budget, c_code = raw[j : j + 7]
+            crossings: tuple[Crossing, ...] = ()
+            if q_code and quota:
+                crossings = (Crossing("quota", _crossed(q_code), q_used, quota.limit),)
             if c_code:
-                crossings.append(Crossing("credits", _crossed(c_code), c_budget - c_left, c_budget))
+                crossings += (Crossing("credits", _crossed(c_code), c_budget - c_left, c_budget),)
             out.append(
                 Spent(
                     _REASONS[reason],
@@ -373,7 +391,7 @@ class MeterStore:
                     quota_reset,
                     None if c_left < 0 else c_left,
                     c_reset,
-                    tuple(crossings),
+                    crossings,
                 )
             )
         return out

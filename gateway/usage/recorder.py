@@ -10,7 +10,8 @@ nothing.
 
 Outcomes (SPEC §7): ``allowed``; ``denied`` for the 403 refusals made after
 the key was identified (also counted per code, as ``denied:<code>``);
-``rate_limited`` for 429s. Revoked and expired keys (401) are not counted
+``rate_limited`` for 429s (the rate limit, and a plan's quota or a key's
+credits spent). Revoked and expired keys (401) are not counted
 and do not move ``last_used_at``.
 """
 
@@ -51,9 +52,9 @@ RATE_LIMITED = ("rate_limited",)
 def _fields_for(code: str | None) -> tuple[str, ...] | None:
     if code is None:
         return ALLOWED
-    if code == "rate_limit_exceeded":
-        return RATE_LIMITED
     fault = FAULTS.get(code)
+    if fault is not None and fault.status == 429:  # rate limit, quota or credits (SPEC §16)
+        return RATE_LIMITED
     if fault is not None and fault.status == 403:
         return ("denied", "denied:" + code)
     return None

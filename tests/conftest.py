@@ -236,6 +236,18 @@ def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
+async def statuses_across(urls: list[str], path: str, secret: str, count: int) -> list[int]:
+    """Send ``count`` GETs at once, spread in turn over ``urls``; their statuses in order."""
+
+    async def one(session: aiohttp.ClientSession, url: str) -> int:
+        async with session.get(url + path, headers=bearer(secret)) as resp:
+            await resp.read()
+            return resp.status
+
+    async with aiohttp.ClientSession() as session:
+        return await asyncio.gather(*(one(session, urls[n % len(urls)]) for n in range(count)))
+
+
 # -- gateway processes -----------------------------------------------------------
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import re
 
-import aiohttp
 import pytest
-from conftest import bearer, new_account, new_key, service_for, upstream_url
+from conftest import bearer, new_account, new_key, service_for, statuses_across, upstream_url
 
 from gateway.config import parse_config
 
@@ -208,12 +207,6 @@ async def test_two_gateway_processes_share_one_exact_budget(
     replicas = [gateway_process(data, name=f"gw{n}") for n in range(2)]
     await asyncio.gather(*(asyncio.to_thread(r.start) for r in replicas))
 
-    async def fire(session: aiohttp.ClientSession, url: str) -> int:
-        async with session.get(url + "/items", headers=bearer(secret)) as resp:
-            await resp.read()
-            return resp.status
-
-    async with aiohttp.ClientSession() as session:
-        statuses = await asyncio.gather(*(fire(session, replicas[n % 2].url) for n in range(100)))
+    statuses = await statuses_across([r.url for r in replicas], "/items", secret, 100)
     assert statuses.count(200) == 40
     assert statuses.count(429) == 60

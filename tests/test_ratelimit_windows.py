@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
 import pytest
 from conftest import (
     bearer,
@@ -19,6 +18,7 @@ from conftest import (
     new_key,
     run_cli,
     service_for,
+    statuses_across,
     upstream_url,
     write_config,
 )
@@ -420,13 +420,7 @@ async def test_two_gateway_processes_share_every_window_exactly(
     replicas = [gateway_process(data, name=f"gw{n}") for n in range(2)]
     await asyncio.gather(*(asyncio.to_thread(r.start) for r in replicas))
 
-    async def fire(session: aiohttp.ClientSession, url: str) -> int:
-        async with session.get(url + "/items", headers=bearer(secret)) as resp:
-            await resp.read()
-            return resp.status
-
-    async with aiohttp.ClientSession() as session:
-        statuses = await asyncio.gather(*(fire(session, replicas[n % 2].url) for n in range(60)))
+    statuses = await statuses_across([r.url for r in replicas], "/items", secret, 60)
     assert statuses.count(200) == 20 and statuses.count(429) == 40
     hour = f"{key_prefix}rl:{{{key_id}}}:k:3600"
     grants = await redis_client.zrange(hour, 0, -1)

@@ -150,7 +150,7 @@ class GatewayApp:
                 usage=usage,
                 alerts=alerts,
                 meter=meter,
-                quota_for=lambda plan: holder[0].snapshot.quotas.get(plan),
+                quota_for=lambda plan: holder[0].snapshot.config.plan(plan).quota,
             ),
             limiter=limiter,
             usage=usage,

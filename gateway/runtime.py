@@ -16,7 +16,7 @@ from .keys.invalidation import InvalidationListener
 from .keys.model import CompiledKey
 from .keys.service import KeyService
 from .keys.store import KeyStore
-from .metering import Meter, Quota
+from .metering import Meter
 from .pipeline import Pipeline
 from .proxy.breaker import Breakers
 from .proxy.streams import OpenStreams
@@ -43,7 +43,6 @@ class Snapshot:
     local_routes: tuple[tuple[str, bool, LocalHandler], ...] = ()  # (path, is_prefix, handler)
     local_starts: tuple[str, ...] = ()  # every local path starts with one of these
     management_cors: CorsPolicy | None = None
-    quotas: dict[str, Quota] = field(default_factory=dict)  # plan name -> its quota, if any
 
     @classmethod
     def build(
@@ -58,7 +57,6 @@ class Snapshot:
             management_cors=cors_policy(
                 config.management.cors, frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE"})
             ),
-            quotas={name: plan.quota for name, plan in config.plans.items() if plan.quota},
         )
 
     def local_handler(self, path: str) -> LocalHandler | None:

@@ -15,6 +15,7 @@ import yaml
 from conftest import free_port, run_cli
 
 from gateway.config import ConfigError, Rate, load_config, parse_config, parse_duration, parse_rate
+from gateway.ratelimit.policy import plan_rate
 
 FULL_EXAMPLE = """
 server:   {host: 0.0.0.0, port: 8080, workers: 1, require_https: false,
@@ -464,3 +465,15 @@ async def test_the_reserved_paths_are_those_the_running_gateway_answers(
         )
         answered = {(path, below) for path, below, _ in gw.runtime.snapshot.local_routes}
         assert {(p, below) for p, below, _ in reserved_paths(gw.config)} == answered
+
+
+def test_an_account_on_a_plan_no_longer_configured_gets_the_default_plans_limits():
+    """Rate limit and quota alike: removing a plan from the config must not leave its
+    accounts unmetered."""
+    config = parse_config(
+        {"plans": {"default": {"rate_limit": "10/second", "quota": "5000/day"}, "pro": {}}}
+    )
+    gone = config.plan("retired")
+    assert gone is config.plans["default"]
+    assert str(gone.quota) == "5000/day" and plan_rate(config, "retired") is gone.rate_limit
+    assert config.plan("pro").quota is None

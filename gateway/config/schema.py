@@ -437,6 +437,11 @@ class Config(_Model):
     tracing: TracingConfig = TracingConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    def plan(self, name: str) -> PlanConfig:
+        """The plan ``name``; an account on a plan no longer configured gets ``default``'s
+        (rate limit and quota alike)."""
+        return self.plans.get(name) or self.plans["default"]
+
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Config:
         seen: dict[str, int] = {}

@@ -779,8 +779,7 @@ class KeyService:
         account plan's quota in the key's mode (limit, used, period, resets_at) or None,
         and the key's credits as key reads show them or None."""
         account = await self.store.get_account(record.account_id)
-        plan = self.config.plans.get(account.plan) if account is not None else None
-        quota = plan.quota if plan is not None else None
+        quota = self.config.plan(account.plan).quota if account is not None else None
         ids = [record.credits_id] if record.credits_id is not None else []
         if quota is None and not ids:
             return {"quota": None, "credits": None}

@@ -104,5 +104,4 @@ def policy_header(limits: list[Limit] | tuple[Limit, ...]) -> str:
 
 def plan_rate(config: Config, plan: str) -> RateLimit | None:
     """The plan's ``rate_limit``; an account on a plan no longer configured gets ``default``'s."""
-    found = config.plans.get(plan) or config.plans.get("default")
-    return found.rate_limit if found is not None else None
+    return config.plan(plan).rate_limit

@@ -1,14 +1,20 @@
-"""Microseconds per request of each step of the gateway's hot path, in-process.
+"""Microseconds of the gateway's own work per request, in-process, the upstream stubbed out.
 
-Times the real functions with the objects the gateway builds (a compiled key
-in the key cache, the routes of a config, the access log, the metrics) on a
-request like the benchmark's, so a profile's percentages can be turned into
-costs, and a change to one step measured without wrk's noise.
+Builds the real gateway (``GatewayApp`` on the store of ``--redis-url``, else
+``$REDIS_URL``, else the embedded store) with the benchmark's route, creates
+keys through the key service, and calls the public port's handler directly
+with requests like ``wrk``'s: every check, the usage and alert counts, the
+metrics and the access log run as in ``bench/run.sh``; only the upstream
+exchange (``forward``) answers at once with a fixed 200. The figures leave
+out the sockets and aiohttp's parsing, so they are what the gateway's own
+code costs, without ``wrk``'s noise: use them to compare two versions of the
+request path, and ``bench/run.sh`` for throughput.
 
-    .venv/bin/python bench/micro.py            # uvloop, 20,000 iterations per step
-    .venv/bin/python bench/micro.py -n 50000
+    .venv/bin/python bench/micro.py                 # 20,000 requests per row, best of 5
+    .venv/bin/python bench/micro.py -n 50000 --rows cached_key,forward_auth
+    .venv/bin/python bench/micro.py --rows cached_key --profile 30   # where it goes
 
-Steps that move or vanish as the code changes are skipped with a note.
+The run's keys live under a key prefix of its own, deleted at the end.
 """
 
 from __future__ import annotations
@@ -16,229 +22,182 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import io
+import os
+import pstats
+import sys
 import time
-from collections.abc import Callable
-from types import SimpleNamespace
+import uuid
+from pathlib import Path
 
+import redis.asyncio
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-ROWS: list[tuple[str, float]] = []
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway import handler as handler_module  # noqa: E402
+from gateway.app import GatewayApp  # noqa: E402
+from gateway.config import parse_config  # noqa: E402
+from gateway.keys.service import CLI  # noqa: E402
+from gateway.telemetry.accesslog import AccessLog  # noqa: E402
+
+ROWS = ("no_key_route", "cached_key", "rate_limited", "three_windows", "forward_auth")
+BODY = b'{"ok":true}'
 
 
-def timed(name: str, fn: Callable[[], object], n: int) -> None:
-    for _ in range(min(n, 2000)):
-        fn()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - start) / n)
-    ROWS.append((name, best * 1e6))
+class Transport:
+    """What the handler asks of a connection's transport."""
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        pass
 
 
-async def atimed(name: str, fn: Callable[[], object], n: int) -> None:
-    for _ in range(min(n, 2000)):
-        await fn()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(n):
-            await fn()
-        best = min(best, (time.perf_counter() - start) / n)
-    ROWS.append((name, best * 1e6))
+async def stub_forward(request, connection, pool, exchange) -> web.StreamResponse:
+    """The upstream's answer, at once: what ``forward`` hands back for a small body."""
+    exchange.upstream_seconds = 0.0001
+    response = web.Response(body=BODY, content_type="application/json")
+    if exchange.extra_headers:
+        response.headers.update(exchange.extra_headers)
+    return response
 
 
-def build(n: int) -> None:  # noqa: PLR0915 - one linear script
-    from gateway.config.schema import Config
-    from gateway.keys.cache import KeyCache
-    from gateway.keys.format import generate_secret, hash_secret, parse_mode
-    from gateway.keys.model import CompiledKey, KeyRecord
-    from gateway.pipeline import Pipeline
-    from gateway.proxy import headers as hdrs
-    from gateway.proxy.paths import normalise_path
-    from gateway.runtime import Snapshot
-    from gateway.telemetry.accesslog import AccessLog
-    from gateway.telemetry.metrics import Metrics
+def config_data(redis_url: str | None, prefix: str) -> dict:
+    data = {
+        "server": {"access_log": True},
+        "plans": {
+            "default": {},
+            "windows": {"rate_limit": ["100000/second", "10000000/hour", "100000000/day"]},
+        },
+        "routes": [
+            {"name": "bench", "match": "/bench", "upstream": "http://127.0.0.1:9",
+             "permissions": {"GET": "read", "*": "write"}},
+            {"name": "open", "match": "/open", "upstream": "http://127.0.0.1:9",
+             "auth": "none"},
+        ],
+    }  # fmt: skip
+    if redis_url:
+        data["redis"] = {"url": redis_url, "key_prefix": prefix}
+    return data
 
-    config = Config.model_validate(
-        {
-            "routes": [
-                {
-                    "name": "bench",
-                    "match": "/bench",
-                    "upstream": "http://127.0.0.1:8000",
-                    "permissions": {"GET": "read", "*": "write"},
-                }
-            ]
-        }
-    )
-    snapshot = Snapshot.build(config)
-    secret = generate_secret("sk", "live")
-    key_hash = hash_secret(secret)
-    record = KeyRecord(
-        id="key_0123456789abcdefghij",
-        account_id="acct_0123456789abcdefghij",
-        name="bench-reader",
-        mode="live",
-        hash=key_hash,
-        prefix="sk_live_",
-        last4=secret[-4:],
-        permissions=("read",),
-    )
-    compiled = CompiledKey.build(record, "default")
 
-    async def loader(_: str):
-        raise AssertionError("a cached key must not reach the store")
-
-    cache = KeyCache(loader, ttl=3600, negative_ttl=5, max_size=1000, stale_if_error=300)
-    cache.put(key_hash, compiled)
-    pipeline = Pipeline(prefix="sk", cache=cache)
-    wrk_headers = CIMultiDict(
-        {"Host": "127.0.0.1:8080", "Authorization": f"Bearer {secret}"}
-    )  # what wrk sends
-    transport = SimpleNamespace(
-        get_extra_info=lambda name, default=None: {"peername": ("127.0.0.1", 40000)}.get(
-            name, default
-        ),
-        is_closing=lambda: False,
-    )
-    request = make_mocked_request(
-        "GET", "/bench/items?page=1", headers=wrk_headers, transport=transport
-    )
-    peer = "127.0.0.1"
-
-    with contextlib.suppress(ImportError, AttributeError, TypeError):
-        from gateway.handler import request_id_of
-
-        timed("handler: request_id_of (generated id)", lambda: request_id_of(request), n)
-    with contextlib.suppress(ImportError, AttributeError, TypeError):
-        from gateway.handler import PublicHandler
-
-        handler = PublicHandler(SimpleNamespace(snapshot=snapshot))
-        timed("handler: _precheck (limits, https, normalise)",
-              lambda: handler._precheck(request, "req_x", peer), n)  # fmt: skip
-    timed("paths: normalise_path", lambda: normalise_path("/bench/items"), n)
-    timed("runtime: local_handler + router.match",
-          lambda: (snapshot.local_handler("/bench/items"), snapshot.router.match("/bench/items")),
-          n)  # fmt: skip
-    route = snapshot.router.match("/bench/items")
-    attempt = None
-    with contextlib.suppress(ImportError, AttributeError, TypeError):
-        from gateway.handler import build_attempt
-
-        def make_attempt():
-            return build_attempt(
-                snapshot, route, "GET", "/bench/items", request.headers, peer, False
-            )
-
-        timed("handler: build_attempt", make_attempt, n)
-        attempt = make_attempt()
-    with contextlib.suppress(ImportError):
-        from gateway.checks.ip import parse_ip
-
-        timed("  of which checks.ip.parse_ip(peer)", lambda: parse_ip(peer), n)
-    timed("keys.format: parse_mode (format + checksum)", lambda: parse_mode(secret, "sk"), n)
-    timed("keys.format: hash_secret (sha256)", lambda: hash_secret(secret), n)
-
-    loop = asyncio.new_event_loop()
+async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
+    redis_url = args.redis_url or os.environ.get("REDIS_URL")
+    prefix = f"micro:{uuid.uuid4().hex[:8]}:"
+    log = io.StringIO()
+    config = parse_config(config_data(redis_url, prefix))
+    app = GatewayApp(config)
+    runtime = await app.start()
+    # the lines are formatted and flushed as in production, into memory
+    runtime.access_log = AccessLog(config.keys.prefix, stream=log)
+    handler_module.forward = stub_forward
     try:
-        if attempt is not None:
-
-            async def authenticate():
-                return await pipeline.authenticate(make_attempt())
-
-            async def auth_only():
-                attempt.key = None
-                return await pipeline.authenticate(attempt)
-
-            loop.run_until_complete(atimed("pipeline: authenticate (cached key)", auth_only, n))
-
-            async def cache_get():
-                return await cache.get(key_hash)
-
-            loop.run_until_complete(atimed("  of which cache.get (hit)", cache_get, n))
-            timed("  of which restrict (status, restrictions, permission)",
-                  lambda: pipeline.restrict(compiled, attempt), n)  # fmt: skip
-
-        async def nothing():
-            return None
-
-        loop.run_until_complete(atimed("(reference: awaiting a trivial coroutine)", nothing, n))
-
-        async def timeout_block():
-            async with asyncio.timeout(30):
-                pass
-
-        loop.run_until_complete(atimed("asyncio.timeout enter+exit", timeout_block, n))
-    finally:
-        loop.close()
-
-    identity = compiled.upstream_headers
-    timed(
-        "proxy.headers: upstream_request_headers",
-        lambda: hdrs.upstream_request_headers(
-            request.headers,
-            forward_authorization=False,
-            identity=identity,
-            request_id="req_0123456789abcdef01234567",
-            peer=peer,
-            proto="http",
-            host="127.0.0.1:8080",
-        ),
-        n,
-    )
-    upstream_response = CIMultiDict(
-        [
-            ("Server", "nginx/1.22.1"),
-            ("Date", "Wed, 25 Nov 2026 13:00:00 GMT"),
-            ("Content-Type", "application/json"),
-            ("Content-Length", "200"),
-            ("Connection", "keep-alive"),
-        ]
-    )
-    timed(
-        "proxy.headers: downstream_response_headers",
-        lambda: hdrs.downstream_response_headers(upstream_response, keep_length=False),
-        n,
-    )
-    metrics = Metrics()
-    timed("telemetry.metrics: observe", lambda: metrics.observe("bench", "ok", 0.004, None), n)
-    log = AccessLog("sk", stream=io.StringIO())
-
-    def log_write():
-        log.write(
-            method="GET",
-            path="/bench/items",
-            status=200,
-            duration=0.0042,
-            request_id="req_0123456789abcdef01234567",
-            client_ip=peer,
-            key_id="key_0123456789abcdefghij",
-            route="bench",
-            code=None,
+        service = runtime.service
+        account = await service.create_account(name="micro", email="m@example.test")
+        windows = await service.create_account(
+            name="micro windows", email="w@example.test", plan="windows"
         )
-        if len(log._lines) >= 1000:
-            log.flush()
-            log._stream = io.StringIO()
+        secrets = {}
+        for name, account_id, fields in (
+            ("reader", account.id, {"permissions": ["read"]}),
+            ("limited", account.id, {"permissions": ["read"], "rate_limit": "100000000/minute"}),
+            ("windows", windows.id, {"permissions": ["read"]}),
+        ):
+            _, secrets[name] = await service.create_key(CLI, account_id, {"name": name, **fields})
+        handler = handler_module.PublicHandler(runtime)
+        transport = Transport()
 
-    timed("telemetry.accesslog: write (json.dumps, amortised flush)", log_write, n)
+        def request(path: str, secret: str | None, extra: dict | None = None):
+            headers = CIMultiDict({"Host": "127.0.0.1:8080"})
+            if secret:
+                headers["Authorization"] = f"Bearer {secret}"
+            headers.update(extra or {})
+            return make_mocked_request("GET", path, headers=headers, transport=transport)
+
+        requests = {
+            "no_key_route": request("/open/items?page=1", None),
+            "cached_key": request("/bench/items?page=1", secrets["reader"]),
+            "rate_limited": request("/bench/items?page=1", secrets["limited"]),
+            "three_windows": request("/bench/items?page=1", secrets["windows"]),
+            "forward_auth": request(
+                "/v1/auth/check",
+                secrets["reader"],
+                {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/bench/items?page=1"},
+            ),
+        }
+        rows = []
+        for name in args.rows:
+            req = requests[name]
+            response = await handler(req)
+            if response.status != 200:
+                raise SystemExit(f"micro: {name} answered {response.status}: {response.text}")
+            best = float("inf")
+            for _ in range(5):
+                start = time.perf_counter()
+                for _ in range(args.n):
+                    await handler(req)
+                best = min(best, (time.perf_counter() - start) / args.n)
+                runtime.access_log.flush()
+                log.seek(0)
+                log.truncate()
+            rows.append((name, best * 1e6))
+            if args.profile:
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for _ in range(args.n):
+                    await handler(req)
+                profiler.disable()
+                print(
+                    f"-- {name}: cProfile of {args.n} requests (its overhead inflates small calls)"
+                )
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+        return rows
+    finally:
+        await app.close()  # its last flushes write to the store too: clean up after
+        if redis_url:
+            client = redis.asyncio.Redis.from_url(redis_url)
+            try:
+                names = [k async for k in client.scan_iter(match=f"{prefix}*")]
+                if names:
+                    await client.delete(*names)
+            finally:
+                await client.aclose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=20000, help="iterations per step")
+    parser.add_argument("-n", type=int, default=20000, help="requests per row and round")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"of {', '.join(ROWS)}")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print the N functions of most own time per row (cProfile)",
+    )
+    parser.add_argument("--redis-url", help="the store (default $REDIS_URL, else embedded)")
     args = parser.parse_args()
+    args.rows = [r for r in args.rows.split(",") if r]
+    unknown = set(args.rows) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    build(args.n)
-    width = max(len(name) for name, _ in ROWS)
-    for name, us in ROWS:
-        print(f"{name:<{width}}  {us:7.2f} us")
+    rows = asyncio.run(measure(args))
+    width = max(len(name) for name, _ in rows)
+    for name, us in rows:
+        print(f"{name:<{width}}  {us:7.2f} us/request")
 
 
 if __name__ == "__main__":

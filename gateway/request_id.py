@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import weakref
 
 _GIVEN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -15,15 +16,14 @@ class RequestIds:
     like an API key (a key sent as the id would be echoed back and logged)."""
 
     def __init__(self, key_prefix: str = "sk") -> None:
-        self._pid = 0
-        self._prefix = ""
-        self._seq = 0
         self._keyish = (f"{key_prefix}_live_", f"{key_prefix}_test_")
+        self._renew()
+        _LIVE.add(self)
+
+    def _renew(self) -> None:
+        self._prefix, self._seq = secrets.token_hex(6), 0
 
     def next(self) -> str:
-        pid = os.getpid()
-        if pid != self._pid:  # a new process (fork): a new prefix
-            self._pid, self._prefix, self._seq = pid, secrets.token_hex(6), 0
         self._seq += 1
         return f"req_{self._prefix}{self._seq:012x}"
 
@@ -36,3 +36,15 @@ class RequestIds:
         ):
             return given
         return self.next()
+
+
+_LIVE: weakref.WeakSet[RequestIds] = weakref.WeakSet()
+
+
+def _renew_all() -> None:
+    """In a forked child: new prefixes, so no worker repeats its parent's ids."""
+    for ids in list(_LIVE):
+        ids._renew()
+
+
+os.register_at_fork(after_in_child=_renew_all)

@@ -18,6 +18,7 @@ from http_raw import raw_request
 from gateway.config import parse_config
 from gateway.keys.format import checksum
 from gateway.keys.service import CLI
+from gateway.telemetry.accesslog import AccessLog
 
 
 def routes(upstream):
@@ -406,3 +407,23 @@ class TestProcessLog:
         assert all("request_id" not in r for r in app_lines if r is not cut)  # outside requests
         [access] = [r for r in records if r.get("request_id") == "json-cut" and "level" not in r]
         assert access["code"] == "upstream_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (1767225599.9994, "2025-12-31T23:59:59.999Z"),
+        (1767225600.0, "2026-01-01T00:00:00.000Z"),
+        (1767225600.0004, "2026-01-01T00:00:00.000Z"),
+        (1767225600.0015, "2026-01-01T00:00:00.001Z"),
+        (1767225601.25, "2026-01-01T00:00:01.250Z"),
+    ],
+)
+def test_timestamps_are_utc_to_the_millisecond_in_order(now, expected):
+    log = AccessLog("sk")
+    assert log.timestamp(now) == expected
+    # the same answer when it comes from what the previous call made
+    assert log.timestamp(now) == expected
+    later = AccessLog("sk")
+    later.timestamp(now - 1.0)
+    assert later.timestamp(now) == expected

@@ -1,9 +1,10 @@
-"""The benchmark's forwarder row runs the gateway's own forwarding: keep it working."""
+"""The benchmark's own servers and tools run the gateway's real code: keep them working."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from conftest import free_port, upstream_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+import micro  # noqa: E402
 import passthrough  # noqa: E402
 
 
@@ -33,3 +35,16 @@ async def test_the_bench_forwarder_proxies_through_the_gateway_forwarding(upstre
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
+
+
+def test_the_in_process_micro_benchmark_runs_every_row(tmp_path):
+    """``bench/micro.py`` drives the real handler: a change to its seams must not leave it broken."""
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "micro.py"),
+         "-n", "20"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = dict(line.split()[:2] for line in result.stdout.splitlines())
+    assert set(rows) == set(micro.ROWS)
+    assert all(float(value) > 0 for value in rows.values())

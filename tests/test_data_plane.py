@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import os
 import re
 import sys
 import time
@@ -27,6 +28,7 @@ from multidict import CIMultiDict
 from realparts import ServiceProcess
 
 from gateway.keys.format import checksum
+from gateway.request_id import RequestIds
 
 READ_TIMEOUT = 10.0
 UPSTREAM_IDLE = 30.0  # the recording upstream's bound on any one read
@@ -506,6 +508,24 @@ class TestRequestIds:
         assert seen.values("X-Request-Id") == [rid]
         head, body = await exchange(gw.url, request_bytes("GET", "/v1/x", [("X-Request-Id", rid)]))
         assert assert_envelope(head, body, 401, "missing_api_key")["meta"]["request_id"] == rid
+
+
+def test_a_forked_worker_never_repeats_its_parents_request_ids():
+    ids = RequestIds()
+    parent = {ids.next() for _ in range(3)}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, then out without running the parent's cleanup
+        try:
+            os.write(write, " ".join(ids.next() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    assert len(child) == 3 and not child & parent
+    assert {ids.next() for _ in range(3)}.isdisjoint(child)
 
 
 # -- 4. Server -------------------------------------------------------------------------

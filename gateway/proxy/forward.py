@@ -115,7 +115,6 @@ async def forward(
     a cut body is never presented as complete.
     """
     method = request.method
-    loop = asyncio.get_running_loop()
     head = exchange.head
     body_kind = exchange.body
     first_body = b""
@@ -136,6 +135,7 @@ async def forward(
         try:
             if upstream is None:
                 upstream = await pool.connect(exchange.origin, exchange.timeout)
+            loop = upstream.loop
             waiting = upstream.begin(
                 head + first_body if first_body else head,
                 method == "HEAD",

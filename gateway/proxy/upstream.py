@@ -167,6 +167,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._reading_paused = False
         self.deadline = 0.0
+        # the loop it runs on, asked once: on Python 3.11 each get_running_loop() is a getpid()
+        self.loop = asyncio.get_running_loop()
 
     # -- asyncio.Protocol
 
@@ -276,7 +278,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is None:
             raise UpstreamError("reset", "connection lost while sending the body")
         if self._write_paused:
-            self._writable = asyncio.get_running_loop().create_future()
+            self._writable = self.loop.create_future()
             await self._writable
             if self.transport is None:
                 raise UpstreamError("reset", "connection lost while sending the body")
@@ -294,8 +296,7 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             raise UpstreamError("reset", "connection closed")
-        loop = asyncio.get_running_loop()
-        self._head = loop.create_future()
+        self._head = self.loop.create_future()
         self._head_only = head_only
         self._sent_any = False
         self.deadline = deadline

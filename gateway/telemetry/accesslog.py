@@ -42,6 +42,8 @@ class AccessLog:
         self._task: asyncio.Task[None] | None = None
         self._second = -1
         self._stamp = ""
+        self._milli = -1
+        self._milli_stamp = ""
         self._marker = f"{key_prefix}_"
         self._secret = re.compile(re.escape(key_prefix) + r"_(?:live|test)_[A-Za-z0-9]*")
 
@@ -51,12 +53,16 @@ class AccessLog:
         return text
 
     def timestamp(self, now: float) -> str:
-        """``now`` in RFC 3339, UTC, to the millisecond (the seconds part made once a second)."""
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+        """``now`` in RFC 3339, UTC, to the millisecond (made once a millisecond)."""
+        milli = int(now * 1000)
+        if milli != self._milli:
+            self._milli = milli
+            second, rest = divmod(milli, 1000)
+            if second != self._second:
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._milli_stamp = f"{self._stamp}.{rest:03d}Z"
+        return self._milli_stamp
 
     def write(
         self,

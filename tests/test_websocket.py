@@ -219,3 +219,28 @@ async def test_the_open_socket_gauge_counts_by_route(gw, http, key):
             break
         await asyncio.sleep(0.02)
     assert gauge() == 0
+
+
+async def test_a_metered_key_spends_the_routes_cost_once_per_socket(
+    start_gateway, base_config, http, ws_upstream
+):
+    """SPEC §16 on §13: the handshake is the request; messages on the socket spend nothing."""
+    gw = await start_gateway(base_config(routes=routes(ws_upstream, cost=2)))
+    account = await new_account(gw.service)
+    key_id, secret = await new_key(gw.service, account, credits={"remaining": 5})
+    async with http.ws_connect(ws_url(gw, "/live/feed"), headers=bearer(secret)) as ws:
+        for n in range(10):
+            await ws.send_str(f"m{n}")
+            assert (await ws.receive(timeout=5)).data == f"echo:m{n}"
+    assert (await gw.service.balances.credits(account, "live", key_id)).remaining == 3
+    async with http.ws_connect(ws_url(gw, "/live/feed"), headers=bearer(secret)) as ws:
+        await ws.send_str("again")
+        assert (await ws.receive(timeout=5)).data == "echo:again"
+    assert (await gw.service.balances.credits(account, "live", key_id)).remaining == 1
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(ws_url(gw, "/live/feed"), headers=bearer(secret))
+    assert refused.value.status == 429
+    assert refused.value.headers is not None
+    assert refused.value.headers.get("X-Request-Id")
+    assert len(ws_upstream.handshakes) == 2  # the refused one never reached the upstream
+    assert (await gw.service.balances.credits(account, "live", key_id)).remaining == 1

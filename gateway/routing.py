@@ -10,7 +10,7 @@ from .checks.cors import CorsPolicy
 from .config.schema import Config, CorsConfig, RouteConfig
 from .config.units import RateLimit
 from .methods import HTTP_METHODS
-from .proxy.paths import match_prefix
+from .proxy.paths import match_prefix, without_segments
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +137,7 @@ class Route:
         if path.startswith(self.match) and path[len(self.match) : len(self.match) + 1] in ("", "/"):
             rest = path[len(self.match) :]
         else:  # the prefix carries parameters: take off whole segments
-            rest = "/" + "/".join(path.split("/")[self.strip_segments + 1 :])
+            rest = without_segments(path, self.strip_segments)
         return rest if rest.startswith("/") else "/" + rest
 
 

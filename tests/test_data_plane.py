@@ -634,9 +634,12 @@ class TestStrictTargets:
 
 
 class TestSemicolonParameters:
-    async def test_parameters_do_not_move_a_path_off_its_route(self, gw, recorder):
-        head, body = await exchange(gw.url, request_bytes("GET", "/admin;x/secret"))
-        assert_envelope(head, body, 401, "missing_api_key")  # judged as /admin/secret
+    @pytest.mark.parametrize(
+        "target", ["/admin;x/secret", "/;x/admin/secret", "/;/admin/secret", "/;a/;b/admin;c/x"]
+    )
+    async def test_parameters_do_not_move_a_path_off_its_route(self, gw, recorder, target):
+        head, body = await exchange(gw.url, request_bytes("GET", target))
+        assert_envelope(head, body, 401, "missing_api_key")  # judged as /admin/...
         await recorder.settle(0.2)
         assert recorder.requests == []
 

@@ -197,6 +197,18 @@ async def test_endpoint_restriction_is_matched_on_the_normalised_original_uri(gw
         )
 
 
+async def test_a_parameter_only_segment_does_not_move_a_uri_off_its_route(gw, http):
+    """``/;x/v1/users`` is ``/v1/users`` to a backend that cuts ``;`` parameters (SPEC §6)."""
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    for uri in ("/;x/v1/users/1", "/;/v1/;y/users/1"):
+        assert (await ask(http, gw, "GET", uri, bearer(secret)))[0] == 200, uri
+        await assert_same_refusal(
+            http, gw, "POST", uri, bearer(secret), "insufficient_permissions", 403
+        )
+        await assert_same_refusal(http, gw, "GET", uri, {}, "missing_api_key", 401)
+
+
 async def test_referrer_restriction_reads_the_original_referer(gw, http):
     account = await new_account(gw.service)
     _, secret = await new_key(

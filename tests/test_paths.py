@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import parse_config
-from gateway.proxy.paths import PathError, match_prefix, normalise_path, split_target
+from gateway.proxy.paths import (
+    PathError,
+    match_form,
+    match_prefix,
+    normalise_path,
+    split_target,
+)
 from gateway.routing import Router
 
 
@@ -133,6 +139,38 @@ def test_no_route_matches():
 )
 def test_strip_prefix_removes_the_match(path, forwarded):
     route = _router(("api", "/api", {"strip_prefix": True})).match(path)
+    assert route.upstream_path(path) == forwarded
+
+
+@pytest.mark.parametrize(
+    "path, matched",
+    [
+        ("/v1/users/7", "/v1/users/7"),
+        ("/admin;x/secret", "/admin/secret"),
+        ("/;x/admin/secret", "/admin/secret"),  # not //admin/secret: no route prefix matches that
+        ("/;a/;b/admin;c/x", "/admin/x"),
+        ("/a;x/", "/a/"),
+        ("/a/;x", "/a/"),
+        ("/;x", "/"),
+        ("/v1/files;jsessionid=1/a;b", "/v1/files/a"),
+    ],
+)
+def test_the_match_form_cuts_parameters_and_leaves_no_empty_segment(path, matched):
+    assert match_form(path) == matched
+
+
+@pytest.mark.parametrize(
+    "path, forwarded",
+    [
+        ("/api;v=1/users/7", "/users/7"),
+        ("/;x/api/users/7", "/users/7"),
+        ("/;x/api/;y/v1/users", "/users"),
+    ],
+)
+def test_strip_prefix_counts_segments_as_routes_match_them(path, forwarded):
+    prefix = "/api/v1" if "v1" in path else "/api"
+    route = _router(("api", prefix, {"strip_prefix": True})).match(match_form(path))
+    assert route is not None and route.name == "api"
     assert route.upstream_path(path) == forwarded
 
 

@@ -68,10 +68,31 @@ def normalise_path(raw: str) -> str:
 
 def match_form(path: str) -> str:
     """``path`` with each segment's ``;...`` parameters cut off, as Tomcat, Jetty and
-    Spring read it: what routes and restrictions are matched on (SPEC §6)."""
+    Spring read it: what routes and restrictions are matched on (SPEC §6).
+
+    A segment that is nothing but parameters (``/;x/admin``) leaves no empty
+    segment behind: Spring reads that path as ``/admin``, so the gateway must
+    judge it as ``/admin`` too, not as ``//admin``, which no route's prefix
+    matches and a catch-all route would take.
+    """
     if ";" not in path:
         return path
-    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
+    segments = [segment.split(";", 1)[0] for segment in path.split("/")[1:]]
+    kept = [segment for segment in segments if segment]
+    if not kept:
+        return "/"
+    return "/" + "/".join(kept) + ("/" if not segments[-1] else "")
+
+
+def without_segments(path: str, count: int) -> str:
+    """``path`` less its first ``count`` segments as :func:`match_form` counts them
+    (a parameter-only segment before them is not counted, and goes with them)."""
+    segments = path.split("/")[1:]
+    taken = 0
+    while taken < count and segments:
+        if segments.pop(0).split(";", 1)[0]:
+            taken += 1
+    return "/" + "/".join(segments)
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -11,6 +11,7 @@ import pytest
 from conftest import bearer, gateways, new_account, new_key, upstream_url
 from prometheus_client import generate_latest
 
+from gateway.events.log import ALERT_TYPES as EVENT_ALERT_TYPES
 from gateway.keys.service import CLI
 from gateway.timefmt import isoformat, utcnow
 
@@ -186,7 +187,16 @@ async def test_alerts_are_counted_in_metrics(start_gateway, config, http):
     await send(http, gw, secret, 31)
     assert len(await eventually(gw, account, "usage_spike")) == 1
     text = generate_latest(gw.runtime.metrics.registry).decode()
-    assert 'gateway_alerts_total{type="usage_spike"} 1.0' in text
+    series = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("gateway_alerts_total{")
+    }
+    # one series per alert type, every one shown from the start, named as the docs say
+    assert series == {
+        f'gateway_alerts_total{{type="{kind}"}}': 1.0 if kind == "usage_spike" else 0.0
+        for kind in (t.removeprefix("alert.") for t in EVENT_ALERT_TYPES)
+    }
 
 
 async def test_with_alerts_off_nothing_is_counted(start_gateway, base_config, upstream, http):

@@ -67,9 +67,9 @@ AUTH_DENIALS = frozenset(
     }
 )
 
+# the ``type`` label of gateway_alerts_total: an alert event's type without ``alert.``
 ALERT_TYPES = (
-    "alert.new_network", "alert.usage_spike", "alert.denied_burst",
-    "alert.key_unused", "alert.rotation_due", "alert.quota_threshold",
+    "new_network", "usage_spike", "denied_burst", "key_unused", "rotation_due", "quota_threshold",
 )  # fmt: skip
 
 # name (as exposed, without the _bucket/_sum/_count of histograms) -> its labels

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -244,3 +245,26 @@ async def test_a_metered_key_spends_the_routes_cost_once_per_socket(
     assert refused.value.headers.get("X-Request-Id")
     assert len(ws_upstream.handshakes) == 2  # the refused one never reached the upstream
     assert (await gw.service.balances.credits(account, "live", key_id)).remaining == 1
+
+
+@pytest.mark.parametrize("how", ["patched", "rotated"])
+async def test_an_expiry_given_after_the_socket_opened_closes_it_when_it_comes(
+    gw, http, key, how
+):
+    """SPEC §13: the key's expiry cuts its sockets, also one set (or moved) while they are open."""
+    key_id, secret = key
+    async with http.ws_connect(ws_url(gw, "/live/x"), headers=bearer(secret)) as ws:
+        await ws.send_str("ping")
+        assert (await ws.receive(timeout=5)).data == "echo:ping"
+        if how == "patched":
+            expires = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+            await gw.service.update_key(CLI, key_id, {"expires_at": expires})
+        else:
+            await gw.service.rotate_key(CLI, key_id, grace_period="1s")
+        started = time.monotonic()
+        await ws.send_str("still")
+        assert (await ws.receive(timeout=5)).data == "echo:still"  # open until the expiry
+        message = await ws.receive(timeout=5)
+        took = time.monotonic() - started
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1008
+    assert took < 2.5

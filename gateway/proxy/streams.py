@@ -71,6 +71,10 @@ class OpenStreams:
         if key_hash is None:
             return
         self._by_hash.setdefault(key_hash, {})[stream] = expires_at
+        self._arm(expires_at)
+
+    def _arm(self, expires_at: float | None) -> None:
+        """Look for expired keys every :data:`EXPIRY_CHECK` seconds while one has an expiry."""
         if expires_at is not None and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(EXPIRY_CHECK, self._expire)
 
@@ -102,6 +106,12 @@ class OpenStreams:
             self.cut(key_hash, REVOKED)
         elif key.expires_at is not None and key.expires_at <= self._clock():
             self.cut(key_hash, EXPIRED)
+        else:  # an expiry set, moved or lifted (PATCH, a rotation's grace): the streams follow
+            streams = self._by_hash.get(key_hash)
+            if streams:
+                for stream in streams:
+                    streams[stream] = key.expires_at
+                self._arm(key.expires_at)
 
     def cut(self, key_hash: str, reason: str, code: int = POLICY_VIOLATION) -> int:
         streams = self._by_hash.pop(key_hash, {})

@@ -333,8 +333,9 @@ class PublicHandler:
         principal = None
         upgrade = route.websocket and is_websocket_upgrade(method, headers)
         protocols: list[str] = []
-        if upgrade:
-            protocols = offered_protocols(headers)
+        subprotocol_key, several_keys = None, False
+        if upgrade:  # a key offered as a subprotocol never goes upstream, whatever the route
+            subprotocol_key, protocols, several_keys = split_key(offered_protocols(headers))
         if route.auth_required:
             attempt = attempt_for(
                 ctx,
@@ -345,12 +346,10 @@ class PublicHandler:
                 route_rate_limit=route.rate_limit,
                 cost=route.cost,
             )
-            if upgrade:
-                key, protocols, several = split_key(protocols)
-                if key is not None:
-                    if several or attempt.authorization:  # both forms at once: which one?
-                        return self.refuse(BOTH_KEY_FORMS, ctx)
-                    attempt.authorization = [f"Bearer {key}"]
+            if subprotocol_key is not None:
+                if several_keys or attempt.authorization:  # both forms at once: which one?
+                    return self.refuse(BOTH_KEY_FORMS, ctx)
+                attempt.authorization = [f"Bearer {subprotocol_key}"]
             result = await rt.pipeline.authenticate(attempt)
             if isinstance(result, Denial):
                 if attempt.key is not None:

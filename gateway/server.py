@@ -34,6 +34,7 @@ from .compat.aiohttp import GatewayConnection
 from .config.schema import Config
 from .proxy.streams import GOING_AWAY, SHUTTING_DOWN
 from .proxy.websocket import WebSocketRelay
+from .telemetry.logs import mask_secrets_in_logs
 
 log = logging.getLogger("gateway")
 
@@ -96,6 +97,7 @@ async def serve(
     serves its admin endpoints on the unix socket ``admin_socket`` for its
     supervisor instead of on ``admin.port``.
     """
+    mask_secrets_in_logs(config.keys.prefix)
     gateway = GatewayApp(config, config_path=config_path, worker=worker)
     runtime = await gateway.start()
     server = config.server

@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
-from conftest import bearer, gateways, new_account, new_key, upstream_url
+from conftest import bearer, gateways, new_account, new_key, service_for, upstream_url
 from ws_upstream import WsUpstream
 
+from gateway.config import parse_config
 from gateway.keys.service import CLI
 
 pytestmark = pytest.mark.integration
@@ -248,9 +249,7 @@ async def test_a_metered_key_spends_the_routes_cost_once_per_socket(
 
 
 @pytest.mark.parametrize("how", ["patched", "rotated"])
-async def test_an_expiry_given_after_the_socket_opened_closes_it_when_it_comes(
-    gw, http, key, how
-):
+async def test_an_expiry_given_after_the_socket_opened_closes_it_when_it_comes(gw, http, key, how):
     """SPEC §13: the key's expiry cuts its sockets, also one set (or moved) while they are open."""
     key_id, secret = key
     async with http.ws_connect(ws_url(gw, "/live/x"), headers=bearer(secret)) as ws:
@@ -268,3 +267,43 @@ async def test_an_expiry_given_after_the_socket_opened_closes_it_when_it_comes(
         took = time.monotonic() - started
     assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1008
     assert took < 2.5
+
+
+async def test_a_key_offered_as_a_subprotocol_never_reaches_an_open_routes_upstream(
+    start_gateway, base_config, http, ws_upstream
+):
+    """SPEC §4 and §13: ``auth: none`` routes never forward credentials, in any form."""
+    gw = await start_gateway(base_config(routes=routes(ws_upstream, auth="none")))
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account)
+    async with http.ws_connect(
+        ws_url(gw, "/live/open"), protocols=(f"bearer.{secret}", "chat")
+    ) as ws:
+        assert ws.protocol == "chat"
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+    [seen] = ws_upstream.handshakes
+    assert seen["headers"]["Sec-WebSocket-Protocol"] == "chat"
+    assert all(secret not in value for value in seen["headers"].values())
+
+
+async def test_a_key_in_an_unanswered_subprotocol_offer_is_never_logged(
+    gateway_process, base_config, redis_client, http, ws_upstream
+):
+    """aiohttp logs the subprotocols a client offered when the upstream takes none of them:
+    the gateway's log masks the key in that line, as in every other (SPEC §13)."""
+    data = base_config(routes=routes(ws_upstream))
+    service = service_for(redis_client, parse_config(data))
+    account = await new_account(service)
+    _, secret = await new_key(service, account, permissions=["read"])
+    proc = gateway_process(data).start()
+    ws_url_ = proc.url.replace("http://", "ws://") + "/live/x"
+    async with http.ws_connect(ws_url_, protocols=(f"bearer.{secret}", "other")) as ws:
+        assert ws.protocol is None  # the upstream speaks only "chat"
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+    assert proc.stop() == 0
+    log = proc.log()
+    assert "don't overlap" in log or "don’t overlap" in log, log  # the line aiohttp writes
+    assert secret not in log and secret[8:40] not in log
+    assert "bearer.sk_***" in log

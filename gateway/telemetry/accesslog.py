@@ -15,6 +15,8 @@ import sys
 import time
 from typing import IO
 
+from .logs import secret_pattern
+
 _PLAIN = re.compile(r"^[A-Za-z0-9 ._:/@%+=~,;!$&*()\-]*$")
 
 
@@ -45,7 +47,7 @@ class AccessLog:
         self._milli = -1
         self._milli_stamp = ""
         self._marker = f"{key_prefix}_"
-        self._secret = re.compile(re.escape(key_prefix) + r"_(?:live|test)_[A-Za-z0-9]*")
+        self._secret = secret_pattern(key_prefix)
 
     def mask(self, text: str) -> str:
         if self._marker in text:

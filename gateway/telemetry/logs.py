@@ -12,12 +12,42 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from contextvars import ContextVar
 
 request_id: ContextVar[str | None] = ContextVar("gateway_request_id", default=None)
 """The id of the request being handled in this task, for the log lines it causes."""
+
+
+def secret_pattern(key_prefix: str) -> re.Pattern[str]:
+    """What an API key of ``key_prefix`` looks like in text, to be masked wherever it is written."""
+    return re.compile(re.escape(key_prefix) + r"_(?:live|test)_[A-Za-z0-9]*")
+
+
+class SecretFilter(logging.Filter):
+    """Masks API keys in every log line, whoever writes it: a library may quote what a
+    client sent (aiohttp logs the WebSocket subprotocols offered, ``bearer.<key>`` included)."""
+
+    def __init__(self, key_prefix: str):
+        super().__init__()
+        self._marker = f"{key_prefix}_"
+        self._secret = secret_pattern(key_prefix)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self._marker in message:
+            record.msg = self._secret.sub(self._marker + "***", message)
+            record.args = None
+        return True
+
+
+def mask_secrets_in_logs(key_prefix: str) -> None:
+    """Put a :class:`SecretFilter` on every handler of the root logger (once)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, SecretFilter) for f in handler.filters):
+            handler.addFilter(SecretFilter(key_prefix))
 
 
 class JsonFormatter(logging.Formatter):

@@ -18,7 +18,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from .checks.cors import CorsPolicy, is_preflight
+from .checks.cors import CorsPolicy, apply_cors_headers, is_preflight
 from .checks.head import head_denial
 from .checks.https import is_https
 from .checks.ip import client_ip, in_networks, parse_ip
@@ -158,7 +158,7 @@ class PublicHandler:
             if connection is not None:
                 connection.request_ended()
         if ctx.cors is not None and not response.prepared:
-            response.headers.update(ctx.cors)  # errors too, so the page's script can read why
+            apply_cors_headers(response.headers, ctx.cors)  # errors too: the page reads why
         self.observe(request, ctx, response, route_name, started)
         current_request_id.reset(logged_as)
         if connection is not None and connection.draining:

@@ -101,6 +101,12 @@ async def gw(start_gateway, base_config, upstream):
                     "cors": {"allow_origins": ["*"]},
                 },
                 {"name": "plain", "match": "/plain", "upstream": upstream_url(upstream)},
+                {
+                    "name": "respond",  # the demo upstream's answer with the headers asked for
+                    "match": "/respond",
+                    "upstream": upstream_url(upstream),
+                    "cors": {"allow_origins": [APP]},
+                },
             ],
             management={"cors": {"allow_origins": [APP]}},
         )
@@ -165,6 +171,27 @@ async def test_every_answer_to_a_listed_origin_carries_the_cors_headers(gw, http
         assert resp.status == 200
         assert resp.headers["Access-Control-Allow-Origin"] == APP
         assert resp.headers["Vary"] == "Origin"
+
+
+@pytest.mark.parametrize(
+    ("upstream_vary", "expected"),
+    [
+        (["Accept-Encoding"], ["Accept-Encoding", "Origin"]),
+        (["Accept-Encoding, Origin"], ["Accept-Encoding, Origin"]),
+        ([], ["Origin"]),
+    ],
+)
+async def test_origin_joins_the_upstreams_vary_never_replaces_it(
+    gw, http, key, upstream_vary, expected
+):
+    """A shared cache keyed on the upstream's Vary must still tell the encodings apart."""
+    query = "&".join(f"header=Vary:{value}" for value in upstream_vary)
+    async with http.get(
+        gw.url + f"/respond?{query}", headers={"Origin": APP, **bearer(key)}
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers.getall("Vary") == expected
+        assert resp.headers["Access-Control-Allow-Origin"] == APP
 
 
 async def test_a_429_can_be_read_by_the_page(gw, http, key):

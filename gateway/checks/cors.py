@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from ..denials import Denial
+from ..proxy.headers import varies_on
 
 # Always exposed to a page's script: the gateway's own headers.
 GATEWAY_EXPOSED = (
@@ -163,3 +164,15 @@ class CorsPolicy:
         if self.credentials:
             headers["Access-Control-Allow-Credentials"] = "true"
         return headers
+
+
+def apply_cors_headers(headers, cors: dict[str, str]) -> None:
+    """Put ``cors`` (from :meth:`CorsPolicy.headers_for`) on an answer's ``headers``: the
+    ``Access-Control-*`` set, ``Origin`` added to a ``Vary`` the answer may already have
+    (the upstream's ``Vary: Accept-Encoding`` must stay, or a cache mixes encodings)."""
+    for name, value in cors.items():
+        if name != "Vary":
+            headers[name] = value
+            continue
+        if not varies_on(headers.items(), value):
+            headers.add("Vary", value)

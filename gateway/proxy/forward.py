@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ..compat.aiohttp import GatewayConnection, VerbatimBody, VerbatimResponse
 from ..denials import Denial
-from .headers import response_headers
+from .headers import response_headers, varies_on
 from .streams import OpenStreams, cut_code
 from .upstream import Origin, Response, UpstreamConnection, UpstreamError, UpstreamPool
 
@@ -279,7 +279,9 @@ async def _respond(
     )
     extra = exchange.extra_headers
     if extra:
-        headers.extend(extra.items())
+        for name, value in extra.items():
+            if name != "Vary" or not varies_on(headers, value):
+                headers.append((name, value))  # (Vary: Origin once, beside the upstream's)
     reason = response.reason.decode("latin-1") or None
     bodiless = request.method == "HEAD" or status in NO_BODY_STATUSES
     if bodiless:

@@ -219,6 +219,18 @@ def response_headers(
     return out
 
 
+def varies_on(headers: Iterable[tuple[str, str]], name: str) -> bool:
+    """Whether the ``Vary`` lines among ``headers`` already name ``name`` (or ``*``)."""
+    wanted = name.lower()
+    for header, value in headers:
+        if header.lower() == "vary":
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token == wanted or token == "*":
+                    return True
+    return False
+
+
 _HANDSHAKE_OWN = frozenset({b"host", b"upgrade", b"connection", b"content-length"})
 
 

@@ -46,7 +46,7 @@ from .proxy.forward import (
     UpstreamFailure,
     forward,
 )
-from .proxy.headers import handshake_headers, upstream_head
+from .proxy.headers import HOP_BY_HOP, handshake_headers, upstream_head
 from .proxy.websocket import (
     WebSocketRelay,
     is_websocket_upgrade,
@@ -70,6 +70,11 @@ BOTH_KEY_FORMS = Denial(
 )
 UPSTREAM_TIMEOUT = Denial("upstream_timeout")
 UPSTREAM_UNAVAILABLE = Denial("upstream_unavailable")
+# What a refused handshake's answer does not take from the upstream's: hop-by-hop, the
+# framing and description of a body that is not relayed, and the gateway's own.
+_NOT_FROM_A_REFUSAL = HOP_BY_HOP | {
+    "content-length", "content-type", "content-encoding", "x-request-id",
+}  # fmt: skip
 # Response headers the gateway sets itself, in place of the upstream's.
 REPLACED = frozenset({"x-request-id"})
 REPLACED_WITH_RATE_LIMIT = REPLACED | {
@@ -571,9 +576,7 @@ class PublicHandler:
         except aiohttp.WSServerHandshakeError as refused:  # the upstream's own refusal
             ctx.upstream_seconds = time.perf_counter() - sent
             ctx.code = "upstream_refused_websocket"
-            response = web.Response(status=refused.status)
-            response.headers["X-Request-Id"] = ctx.request_id
-            return self._with(response, extra)
+            return self._with(self._refused_handshake(refused, ctx), extra)
         except TimeoutError:
             return self._with(self.refuse(UPSTREAM_TIMEOUT, ctx), extra)
         except (aiohttp.ClientError, OSError):
@@ -586,6 +589,7 @@ class PublicHandler:
             max_msg_size=0,
         )
         client.headers["X-Request-Id"] = ctx.request_id
+        client.headers["Server"] = SERVER  # never aiohttp's, which names versions (SPEC §5)
         if extra:
             client.headers.update(extra)
         if ctx.cors is not None:
@@ -607,6 +611,19 @@ class PublicHandler:
             rt.streams.discard(relay, key_hash)
             gauge.dec()
         return client
+
+    @staticmethod
+    def _refused_handshake(refused: aiohttp.WSServerHandshakeError, ctx: RequestContext):
+        """The upstream's refusal of a handshake, as the client gets it: its status and
+        headers (the body is not relayed, so nothing that describes one)."""
+        response = web.Response(status=refused.status)
+        for name, value in (refused.headers or {}).items():
+            lower = name.lower()
+            if lower not in _NOT_FROM_A_REFUSAL and not lower.startswith("sec-websocket-"):
+                response.headers.add(name, value)
+        response.headers["X-Request-Id"] = ctx.request_id
+        response.headers.setdefault("Server", SERVER)
+        return response
 
     @staticmethod
     def _with(response: web.Response, extra: dict[str, str] | None) -> web.Response:

@@ -307,3 +307,33 @@ async def test_a_key_in_an_unanswered_subprotocol_offer_is_never_logged(
     assert "don't overlap" in log or "don’t overlap" in log, log  # the line aiohttp writes
     assert secret not in log and secret[8:40] not in log
     assert "bearer.sk_***" in log
+
+
+async def test_the_upstreams_refusal_comes_back_with_its_headers_and_no_version_anywhere(
+    gw, http, key
+):
+    _, secret = key
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(ws_url(gw, "/live/refuse"), headers=bearer(secret))
+    headers = refused.value.headers
+    assert refused.value.status == 403
+    assert headers is not None and headers["X-Why"] == "nope"
+    assert headers["X-Request-Id"].startswith("req_")
+    assert headers["Server"] == "up/1"  # the upstream's answer, as it sent it (SPEC §5)
+    async with http.ws_connect(ws_url(gw, "/live/ok"), headers=bearer(secret)) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+    # the 101 itself, read raw: no software version named
+    async with http.get(
+        ws_url(gw, "/live/raw").replace("ws://", "http://"),
+        headers={
+            **bearer(secret),
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+        },
+    ) as resp:
+        assert resp.status == 101
+        assert "aiohttp" not in resp.headers.get("Server", "")
+        assert "Python" not in resp.headers.get("Server", "")

@@ -20,6 +20,10 @@ class WsUpstream:
             return web.json_response(
                 {"plain": True, "headers": {k: v for k, v in request.headers.items()}}
             )
+        if request.path.startswith("/live/refuse"):  # an upstream saying no to the handshake
+            return web.Response(
+                status=403, text="upstream says no", headers={"X-Why": "nope", "Server": "up/1"}
+            )
         ws = web.WebSocketResponse(protocols=("chat",), autoclose=False)
         await ws.prepare(request)
         self.handshakes.append(

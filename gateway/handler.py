@@ -123,6 +123,8 @@ class PublicHandler:
                 response = self.refuse(denial, ctx)
                 if denial.code == "bad_request":
                     response.force_close()  # CONNECT, absolute or asterisk form: no second request
+                elif denial is HTTPS_REQUIRED:  # a page served over http reads why, too
+                    ctx.cors = self.cors_before_route(request, snapshot)
             else:
                 local = snapshot.local_handler(ctx.match_path)
                 if local is not None:
@@ -267,6 +269,21 @@ class PublicHandler:
             self.runtime.snapshot.trusted_proxies,
         )
         return str(address) if address is not None else None
+
+    @staticmethod
+    def cors_before_route(request: web.BaseRequest, snapshot: Snapshot) -> dict[str, str] | None:
+        """The CORS headers of the route (or management path) a request refused before its
+        route was looked up would have had: every answer to a listed origin carries them."""
+        try:
+            _, match_path, _ = split_target(request.raw_path)
+        except TargetError:
+            return None
+        if snapshot.local_handler(match_path) is not None:
+            policy = snapshot.management_cors
+        else:
+            route = snapshot.router.match(match_path)
+            policy = route.cors if route is not None else None
+        return policy.headers_for(request.headers.get("Origin")) if policy is not None else None
 
     @staticmethod
     def refuse(denial: Denial, ctx: RequestContext) -> web.Response:

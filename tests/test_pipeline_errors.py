@@ -89,6 +89,29 @@ class TestHttpsBehindTrustedProxy:
             await error_of(resp, 403, "https_required", "permission_error")
 
 
+async def test_a_listed_origin_can_read_the_https_refusal(
+    start_gateway, base_config, upstream, http
+):
+    """SPEC §12: every answer to a listed origin carries the CORS headers, this one too."""
+    app = "https://app.example.com"
+    gw = await start_gateway(
+        base_config(
+            server={"require_https": True, "trusted_proxies": ["10.0.0.0/8"]},
+            routes=routes(upstream, cors={"allow_origins": [app]}),
+            management={"cors": {"allow_origins": [app]}},
+        )
+    )
+    for path in ("/api/users", "/v1/auth/verify"):  # a route's policy, and management's
+        async with http.get(gw.url + path, headers={"Origin": app}) as resp:
+            await error_of(resp, 403, "https_required", "permission_error")
+            assert resp.headers["Access-Control-Allow-Origin"] == app, path
+            assert resp.headers["Vary"] == "Origin"
+    for path, origin in (("/public/x", app), ("/api/users", "https://other.example.com")):
+        async with http.get(gw.url + path, headers={"Origin": origin}) as resp:
+            await error_of(resp, 403, "https_required", "permission_error")
+            assert "Access-Control-Allow-Origin" not in resp.headers, path
+
+
 class TestHttpsFromUntrustedPeer:
     async def test_forwarded_proto_from_untrusted_peer_counts_for_nothing(
         self, start_gateway, base_config, upstream, http

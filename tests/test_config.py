@@ -13,6 +13,7 @@ import pydantic
 import pytest
 import yaml
 from conftest import free_port, run_cli
+from realparts import self_signed
 
 from gateway.config import ConfigError, Rate, load_config, parse_config, parse_duration, parse_rate
 from gateway.ratelimit.policy import plan_rate
@@ -216,6 +217,22 @@ class TestRefusals:
         tls = {"cert_file": str(tmp_path / "nope.pem"), "key_file": str(tmp_path / "nope.key")}
         [error] = errors_of({"server": {"tls": tls}})
         assert error.startswith("server.tls: ") and "does not exist" in error
+
+    @pytest.mark.parametrize("broken", ["cert_file", "key_file", "both"])
+    def test_tls_files_must_be_a_usable_certificate_and_key(self, tmp_path, broken):
+        """check-config refuses what serve could not listen with, naming the fields."""
+        cert, key = self_signed(tmp_path)
+        garbage = tmp_path / "garbage.pem"
+        garbage.write_text("garbage\n")
+        tls = {
+            "cert_file": str(garbage if broken in ("cert_file", "both") else cert),
+            "key_file": str(garbage if broken in ("key_file", "both") else key),
+        }
+        [error] = errors_of({"server": {"tls": tls}})
+        assert error.startswith("server.tls: ") and "cert_file" in error and "key_file" in error
+        assert "not a usable certificate and private key" in error
+        config = parse_config({"server": {"tls": {"cert_file": str(cert), "key_file": str(key)}}})
+        assert config.server.tls is not None and config.server.tls.cert_file == cert
 
     def test_default_plan_is_required(self):
         [error] = errors_of({"plans": {"pro": {"rate_limit": "5/second"}}})

@@ -9,7 +9,11 @@ it, or with another value fails the test naming its path.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel
+from realparts import self_signed
 
 from gateway.config import ConfigError, load_config, parse_config
 from gateway.config.schema import (
@@ -42,6 +47,15 @@ LINKED_PAGES = [
 DEFAULTS_BLOCK = re.compile(r"<!-- defaults: ([\w.]+) -->\s*\n```yaml\n(.*?)\n```", re.S)
 
 
+@functools.cache
+def usable_tls_files() -> dict[str, str]:
+    """A certificate and key the loader accepts, made once per run, removed at its end."""
+    directory = Path(tempfile.mkdtemp(prefix="docs-tls-"))
+    atexit.register(shutil.rmtree, directory, True)
+    cert, key = self_signed(directory)
+    return {"cert_file": str(cert), "key_file": str(key)}
+
+
 def _route(**extra: Any) -> dict[str, Any]:
     return {"name": "r", "match": "/r", "upstream": "http://127.0.0.1:8000", **extra}
 
@@ -50,10 +64,12 @@ def _route(**extra: Any) -> dict[str, Any]:
 # from a file naming only the given fields (the block's required ones).
 PRODUCERS: dict[str, tuple[type[BaseModel], Callable[[dict[str, Any]], BaseModel]]] = {
     "config": (Config, lambda given: parse_config(given)),
-    # The loader checks that the certificate files exist: any existing file stands in.
+    # The loader checks that the certificate files are a usable pair: a self-signed one.
     "server.tls": (
         TLSConfig,
-        lambda given: parse_config({"server": {"tls": {k: __file__ for k in given}}}).server.tls,
+        lambda given: (
+            parse_config({"server": {"tls": {k: usable_tls_files()[k] for k in given}}}).server.tls
+        ),
     ),
     "route": (RouteConfig, lambda given: parse_config({"routes": [given]}).routes[0]),
     "circuit_breaker": (

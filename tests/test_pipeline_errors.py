@@ -4,13 +4,12 @@ error envelope and X-Request-Id."""
 from __future__ import annotations
 
 import ssl
-import subprocess
-from pathlib import Path
 
 import aiohttp
 import pytest
 from conftest import bearer, new_account, new_key, service_for, upstream_url
 from http_raw import raw_request
+from realparts import self_signed
 
 from gateway.config import parse_config
 
@@ -129,17 +128,6 @@ class TestHttpsFromUntrustedPeer:
         async with http.get(gw.url + "/public/x", headers={"X-Forwarded-Proto": "https"}) as resp:
             seen = seen_headers(await resp.json())
         assert seen["x-forwarded-proto"] == "http"
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    return cert, key
 
 
 class TestHttpsTerminatedByTheGateway:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,6 +55,15 @@ class TLSConfig(_Model):
         for name in ("cert_file", "key_file"):
             if not getattr(self, name).is_file():
                 raise ValueError(f"{name} {getattr(self, name)} does not exist")
+        try:  # what serve does with them, so check-config refuses what serve would
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                str(self.cert_file), str(self.key_file)
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"cert_file {self.cert_file} and key_file {self.key_file} are not a usable "
+                f"certificate and private key in PEM: {exc}"
+            ) from None
         return self
 
 

@@ -36,6 +36,18 @@ def test_origins_match_on_scheme_host_and_port(origin, allowed):
     assert policy.allows_origin(origin) is allowed
 
 
+def test_a_route_taking_any_method_allows_the_one_a_preflight_asks_for():
+    policy = CorsPolicy(allow_origins=[APP])  # no methods: the route takes any
+    allowed = policy.preflight(APP, "PURGE", "")
+    assert isinstance(allowed, dict)
+    assert [m.strip() for m in allowed["Access-Control-Allow-Methods"].split(",")] == [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "PURGE"
+    ]  # fmt: skip
+    assert "PURGE" not in policy.preflight(APP, "GET", "")["Access-Control-Allow-Methods"]
+    limited = CorsPolicy(allow_origins=[APP], methods=frozenset({"GET"}))
+    assert not isinstance(limited.preflight(APP, "PURGE", ""), dict)
+
+
 def test_null_and_star():
     assert CorsPolicy(allow_origins=["null"]).allows_origin("null")
     star = CorsPolicy(allow_origins=["*"])

@@ -9,6 +9,7 @@ and what to add (:meth:`CorsPolicy.preflight` / :meth:`CorsPolicy.headers_for`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -62,6 +63,11 @@ def is_preflight(method: str, headers) -> bool:
     )
 
 
+# Allow-Methods of a route that takes any method (a preflight's other method is added)
+_LISTED_FOR_ANY = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # an RFC 9110 method token
+
+
 class CorsPolicy:
     """One compiled ``cors`` block, for a route whose methods are ``methods`` (None: any)."""
 
@@ -103,9 +109,7 @@ class CorsPolicy:
         self._expose_text = ", ".join(exposed)
         self._max_age = str(int(max_age))
         self._methods = frozenset(methods) if methods is not None else None
-        listed = sorted(self._methods) if self._methods is not None else [
-            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"
-        ]  # fmt: skip
+        listed = sorted(self._methods) if self._methods is not None else list(_LISTED_FOR_ANY)
         self._methods_text = ", ".join(listed)
 
     def allows_origin(self, origin: str) -> bool:
@@ -141,9 +145,12 @@ class CorsPolicy:
         names = [n.strip().lower() for n in requested.split(",") if n.strip()]
         if any(name not in self._allow_headers for name in names):
             return CORS_NOT_ALLOWED
+        methods = self._methods_text
+        if self._methods is None and method not in _LISTED_FOR_ANY and _TOKEN.fullmatch(method):
+            methods += ", " + method  # a route taking any method takes this one: say so
         headers = {
             "Access-Control-Allow-Origin": self._origin_value(origin),
-            "Access-Control-Allow-Methods": self._methods_text,
+            "Access-Control-Allow-Methods": methods,
             "Access-Control-Allow-Headers": self._allow_headers_text,
             "Access-Control-Max-Age": self._max_age,
             "Vary": "Origin",

@@ -71,6 +71,10 @@ def forward_auth_routes(runtime: Runtime, prefix: str) -> list[tuple[str, bool, 
 class ForwardAuth:
     """The ``/auth/check`` handler: one access decision per call."""
 
+    # Dispatched on the path as sent: below the check path is another request's path,
+    # which normalising with the check path's own segments would misread (Envoy's form).
+    judges_raw_path = True
+
     def __init__(self, runtime: Runtime, path: str):
         self.runtime = runtime
         self.path = path
@@ -80,7 +84,7 @@ class ForwardAuth:
         headers = request.headers
         try:
             method = original_method(headers, request.method)
-            path = original_path(headers, ctx.path, self.path)
+            path = original_path(headers, request.raw_path.partition("?")[0], self.path)
         except (OriginalRequestError, PathError) as exc:
             return self.refuse(Denial("bad_request", {"reason": str(exc)}), ctx)
         path = match_form(path)
@@ -170,6 +174,8 @@ def original_method(headers, own: str) -> str:
             continue
         if not _METHOD.match(method):
             raise OriginalRequestError(f"{name} is not an HTTP method token")
+        if method != method.upper():  # as the proxy mode refuses it: `delete` is DELETE to some
+            raise OriginalRequestError(f"{name} must be upper case, as methods are sent")
         described.append((name, method))
     return _agreed(described) or own
 
@@ -205,8 +211,15 @@ def request_target(name: str, uri: str) -> str:
     return rest
 
 
-def original_path(headers, check_path: str, prefix: str) -> str:
-    """The original request's normalised path (SPEC §6); raises on an unsafe one."""
+def original_path(headers, raw_path: str, prefix: str) -> str:
+    """The original request's normalised path (SPEC §6); raises on an unsafe one.
+
+    Without a URI header it is what follows ``prefix`` in the check request's
+    path *as sent* (``raw_path``, no query), normalised on its own: Envoy sends
+    ``prefix`` + the client's path unnormalised, so ``/auth/check/../admin``
+    describes ``/../admin``, which escapes the root (400), never ``/admin``
+    judged beside the check path.
+    """
     described = []
     for name in URI_HEADERS:
         uri = _single(headers, name)
@@ -214,6 +227,9 @@ def original_path(headers, check_path: str, prefix: str) -> str:
             described.append((name, request_target(name, uri)))
     target = _agreed(described)
     if target is None:
-        rest = check_path[len(prefix) :]
-        return normalise_path(rest or "/")
+        if raw_path != prefix and not raw_path.startswith(prefix + "/"):
+            raise OriginalRequestError(
+                f"no {', '.join(URI_HEADERS)}, and the path does not begin with {prefix} as sent"
+            )
+        return normalise_path(raw_path[len(prefix) :] or "/")
     return normalise_path(target.split("?", 1)[0])

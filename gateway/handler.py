@@ -126,7 +126,9 @@ class PublicHandler:
                 elif denial is HTTPS_REQUIRED:  # a page served over http reads why, too
                     ctx.cors = self.cors_before_route(request, snapshot)
             else:
-                local = snapshot.local_handler(ctx.match_path)
+                local = snapshot.raw_local_handler(request.raw_path) or snapshot.local_handler(
+                    ctx.match_path
+                )
                 if local is not None:
                     route_name = "management"
                     cors = snapshot.management_cors
@@ -169,6 +171,10 @@ class PublicHandler:
         self.observe(request, ctx, response, route_name, started)
         current_request_id.reset(logged_as)
         if connection is not None and connection.draining:
+            response.force_close()
+        elif request.body_exists and request.content_length is None:
+            # A chunked body's trailers: aiohttp's parser can carry them into the headers of
+            # the next request on this connection, so there is no next request on it.
             response.force_close()
         return response
 

@@ -42,22 +42,42 @@ class Snapshot:
     trusted_proxies: tuple[Network, ...]
     local_routes: tuple[tuple[str, bool, LocalHandler], ...] = ()  # (path, is_prefix, handler)
     local_starts: tuple[str, ...] = ()  # every local path starts with one of these
+    # local prefix paths dispatched on the path as sent (handlers with judges_raw_path)
+    raw_locals: tuple[tuple[str, LocalHandler], ...] = ()
+    raw_starts: tuple[str, ...] = ()
     management_cors: CorsPolicy | None = None
 
     @classmethod
     def build(
         cls, config: Config, local_routes: tuple[tuple[str, bool, LocalHandler], ...] = ()
     ) -> Snapshot:
+        raw = tuple(
+            (target, handler)
+            for target, is_prefix, handler in local_routes
+            if is_prefix and getattr(handler, "judges_raw_path", False)
+        )
         return cls(
             config=config,
             router=Router(config),
             trusted_proxies=tuple(config.server.trusted_proxies),
             local_routes=local_routes,
             local_starts=tuple({target for target, _, _ in local_routes}),
+            raw_locals=raw,
+            raw_starts=tuple(target for target, _ in raw),
             management_cors=cors_policy(
                 config.management.cors, frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE"})
             ),
         )
+
+    def raw_local_handler(self, raw_path: str) -> LocalHandler | None:
+        """The handler for a request whose path *as sent* is under a raw-judged local path."""
+        if not raw_path.startswith(self.raw_starts):  # () matches nothing
+            return None
+        path = raw_path.partition("?")[0]
+        for target, handler in self.raw_locals:
+            if path == target or path.startswith(target + "/"):
+                return handler
+        return None
 
     def local_handler(self, path: str) -> LocalHandler | None:
         if not path.startswith(self.local_starts):

@@ -566,6 +566,72 @@ class TestServerHeader:
         assert "Server" not in head.headers, head.raw
 
 
+class TestChunkedTrailers:
+    async def test_a_trailer_never_becomes_a_header_of_the_next_request(
+        self, gw, account, recorder
+    ):
+        """aiohttp's parser hands the last trailer of a chunked body to the next request on
+        the connection; the gateway closes the connection after a chunked body instead."""
+        _, secret = await new_key(gw.service, account)
+        client = await Client.connect(gw.url)
+        try:
+            await client.send(
+                b"POST /public/up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\nX-Trailer: a\r\n"
+                + f"Authorization: Bearer {secret}\r\n\r\n".encode()
+                + b"GET /admin/x HTTP/1.1\r\nHost: h\r\n\r\n"
+            )
+            head = await client.head()
+            assert head.status == 200, head.raw
+            await client.body(head)
+            assert head.headers.get("Connection", "").lower() == "close", head.raw
+            assert await client.until_close() == b""  # no answer to the second request
+        finally:
+            client.close()
+        await recorder.settle(0.2)
+        assert [seen.target for seen in recorder.requests] == ["/public/up"]
+        [seen] = recorder.requests
+        assert seen.body == b"hello"
+
+    async def test_a_body_of_known_length_keeps_the_connection(self, gw, recorder):
+        client = await Client.connect(gw.url)
+        try:
+            for n in range(2):
+                await client.send(
+                    request_bytes("POST", f"/public/{n}", [("Content-Length", "5")], b"hello")
+                )
+                head = await client.head()
+                assert head.status == 200 and await client.body(head) is not None
+        finally:
+            client.close()
+        assert [seen.target for seen in recorder.requests] == ["/public/0", "/public/1"]
+
+
+class TestKeySubprotocolOnPlainRequests:
+    @pytest.mark.parametrize(
+        ("offered", "forwarded"),
+        [("chat, bearer.{key}", ["chat"]), ("bearer.{key}", []), ("chat", ["chat"])],
+    )
+    async def test_a_key_offered_as_a_subprotocol_never_goes_upstream(
+        self, gw, account, recorder, offered, forwarded
+    ):
+        _, secret = await new_key(gw.service, account)
+        headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Protocol", offered.format(key=secret)),
+        ]
+        for target, extra in (("/public/x", []), ("/admin/x", [auth(secret)])):
+            recorder.requests.clear()
+            head, body = await exchange(gw.url, request_bytes("GET", target, headers + extra))
+            assert head.status == 200, (head.raw, body)  # a plain request: no route has WebSockets
+            [seen] = recorder.requests
+            assert seen.values("Sec-WebSocket-Protocol") == forwarded
+            assert all(secret not in value for _, value in seen.headers)
+
+
 # -- 5. odd request-target forms ---------------------------------------------------------
 
 

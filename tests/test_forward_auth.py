@@ -209,6 +209,32 @@ async def test_a_parameter_only_segment_does_not_move_a_uri_off_its_route(gw, ht
         await assert_same_refusal(http, gw, "GET", uri, {}, "missing_api_key", 401)
 
 
+async def test_the_envoy_form_judges_the_path_after_the_check_path_on_its_own(gw, http):
+    """``/v1/auth/check/../x`` describes ``/../x`` (escapes the root: 400), never ``/v1/auth/x``:
+    the check is not normalised together with the check path, nor proxied, nor answered by
+    another local path."""
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    key = [("Authorization", f"Bearer {secret}")]
+    for uri in ("/../v1/users/1", "/x/../../verify", "/../../account", "/../public/x"):
+        for method in ("GET", "POST"):  # sent as is: an HTTP client library would resolve the dots
+            resp = await raw_request(gw.url, method, CHECK + uri, key)
+            assert resp.status == 400, (uri, method, resp.body)
+            assert resp.json()["error"]["code"] == "bad_request"
+    assert (await raw_request(gw.url, "GET", CHECK + "/v1/x/../users/1", key)).status == 200
+    resp = await raw_request(gw.url, "GET", "/v1/auth/x/../check/v1/users/1", key)
+    assert resp.status == 400  # the check path itself not as sent: not a description
+
+
+@pytest.mark.parametrize("method", ["delete", "Delete", "post"])
+async def test_a_method_not_in_upper_case_is_refused_as_the_proxy_refuses_it(gw, http, method):
+    account = await new_account(gw.service)
+    _, secret = await new_key(gw.service, account, permissions=["read"])
+    for style in ("traefik", "nginx"):
+        status, _, body = await ask(http, gw, method, "/v1/users/1", bearer(secret), style)
+        assert status == 400, (style, body)
+
+
 async def test_referrer_restriction_reads_the_original_referer(gw, http):
     account = await new_account(gw.service)
     _, secret = await new_key(

@@ -43,7 +43,8 @@ GATEWAY_SET = frozenset(
 ANSWERED = frozenset({"expect"})
 GATEWAY_PREFIX = "x-gateway-"
 
-KEEP, DROP, AUTHORIZATION, FORWARDED_FOR = 0, 1, 2, 3
+KEEP, DROP, AUTHORIZATION, FORWARDED_FOR, SUBPROTOCOLS = 0, 1, 2, 3, 4
+KEY_SUBPROTOCOL = b"bearer."  # a key offered as a WebSocket subprotocol (SPEC §13)
 _MAX_CACHED = 512  # header names a client chooses: the verdict cache stays bounded
 
 
@@ -56,6 +57,8 @@ def _verdict_of(name: bytes) -> int:
     canonical = canonical_name(name.decode("latin-1"))
     if canonical == "authorization":
         return AUTHORIZATION if name.lower() == b"authorization" else DROP
+    if canonical == "sec-websocket-protocol":  # may carry a key, also on a plain request
+        return SUBPROTOCOLS
     if canonical == "x-forwarded-for":
         return FORWARDED_FOR if name.lower() == b"x-forwarded-for" else DROP
     if (
@@ -131,6 +134,12 @@ def upstream_head(
                 out += (b"Authorization: ", value, b"\r\n")
         elif kind == FORWARDED_FOR:
             forwarded_for.append(value)
+        elif kind == SUBPROTOCOLS:  # kept as any header, less a key offered in it
+            if listed is None:
+                listed = _listed(raw_headers)
+            offered = [p for p in value.split(b",") if not p.strip().startswith(KEY_SUBPROTOCOL)]
+            if any(p.strip() for p in offered) and b"sec-websocket-protocol" not in listed:
+                out += (name, b": ", b",".join(offered).strip(), b"\r\n")
     out.append(identity)
     out += (b"X-Request-Id: ", request_id.encode(), b"\r\n")
     if peer:

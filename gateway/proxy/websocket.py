@@ -21,7 +21,9 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-SUBPROTOCOL_KEY = "bearer."
+from .headers import KEY_SUBPROTOCOL
+
+SUBPROTOCOL_KEY = KEY_SUBPROTOCOL.decode()
 NORMAL, GOING_AWAY = 1000, 1001
 _UNSENDABLE = {None, 1005, 1006, 1015}  # codes a close frame may not carry
 CLOSED_BY_PEER = object()  # a pump's result: it passed a close from its side to the other

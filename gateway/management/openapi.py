@@ -197,8 +197,9 @@ def _key_fields(*, create: bool) -> dict[str, Any]:
             "additionalProperties": False,
             **({"required": ["remaining"]} if create else {}),
             "description": "Each allowed request spends its route's cost. On update, remaining "
-            "sets the balance (a top-up) and may be left out to keep it; refill left out keeps "
-            "the refill, refill null removes it; credits null: no credits.",
+            "sets the balance (a top-up) and may be left out to keep it, but not on a key that "
+            "has no credits yet (else 400); refill left out keeps the refill, refill null "
+            "removes it; credits null: no credits.",
         },
     }
     if not create:

@@ -32,7 +32,8 @@ def demo_config(args: argparse.Namespace):
             "routes": [
                 {"name": "hello", "match": "/v1/hello", "upstream": upstream, "test_upstream": upstream,
                  "permissions": {"GET": "read", "*": "write"}},
-                {"name": "events", "match": "/v1/events", "upstream": upstream, "strip_prefix": True},
+                # /v1/feed/stream is the demo upstream's /stream (server-sent events)
+                {"name": "feed", "match": "/v1/feed", "upstream": upstream, "strip_prefix": True},
                 {"name": "public", "match": "/public", "upstream": upstream, "auth": "none"},
             ],
         },
@@ -89,6 +90,7 @@ These keys are shown once. Try:
   curl -i {base}/v1/hello -H "Authorization: Bearer {test}"
   curl -i {base}/v1/hello                                   # 401 missing_api_key
   curl -i {base}/public/anything                            # no key needed
+  curl -N {base}/v1/feed/stream -H "Authorization: Bearer {test}"   # events as they come
   curl -i {base}/v1/auth/verify -H "Authorization: Bearer {test}"
   curl -i {base}/v1/api-keys -H "Authorization: Bearer {admin}"
   curl -s http://127.0.0.1:{args.admin_port}/metrics | grep gateway_requests

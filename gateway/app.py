@@ -189,7 +189,11 @@ class GatewayApp:
         pubsub = handle.open_pubsub(config.redis)  # sentinel: the master; cluster: one node
         stack.push_async_callback(pubsub.aclose)
         listener = InvalidationListener(
-            pubsub, store.channel, cache, on_change=runtime.streams.changed
+            pubsub,
+            store.channel,
+            cache,
+            on_change=runtime.streams.changed,
+            on_resync=runtime.streams.resync,
         )
         listener.start()
         stack.push_async_callback(listener.stop)

@@ -130,3 +130,19 @@ async def test_gateway_audit_reads_the_trail_per_account_as_text_or_json(
     assert [e["action"] for e in json.loads(only_other.stdout)["data"]] == ["account.create"]
     assert unknown.returncode == 1 and "acct_nobody" in unknown.stderr
     assert bad_limit.returncode == 1
+
+
+async def test_a_change_of_credits_names_the_field_on_the_trail(start_gateway, base_config, http):
+    gw = await start_gateway(base_config())
+    account = await new_account(gw.service)
+    _, admin = await new_key(gw.service, account, permissions=["admin"])
+    key_id, _ = await new_key(gw.service, account)
+    for change in ({"credits": {"remaining": 7}}, {"credits": None, "name": "n"}):
+        async with http.patch(
+            gw.url + f"/v1/api-keys/{key_id}", json=change, headers=bearer(admin)
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+    updates = [
+        e for e in await gw.service.audit.read(account_id=account) if e["action"] == "key.update"
+    ]
+    assert [e["fields"] for e in updates] == [["credits", "name"], ["credits"]]

@@ -273,3 +273,33 @@ class TestBound:
         for i in range(500):
             await cache.get(f"garbage-{i}")
         assert len(cache) == 10
+
+
+class TestWhileChangesGoUnheard:
+    """The invalidation channel is down: a change made meanwhile must still be seen soon."""
+
+    async def test_entries_reload_now_and_then_at_most_every_given_seconds(self, store, clock):
+        cache = make_cache(store, clock)
+        await cache.get("a")
+        assert cache.fresh("a") is KEY_A
+        cache.distrust(0.5)
+        assert cache.fresh("a") is None  # reloads on next use
+        store.known["a"] = KEY_B  # changed meanwhile, unheard
+        assert await cache.get("a") is KEY_B
+        assert cache.fresh("a") is KEY_B
+        clock.advance(0.5)
+        assert cache.fresh("a") is None  # not the whole TTL
+        cache.trust()
+        assert await cache.get("a") is KEY_B
+        clock.advance(29.9)
+        assert cache.fresh("a") is KEY_B  # heard again: the whole TTL
+        assert store.calls == ["a", "a", "a"]
+
+    async def test_a_store_down_meanwhile_still_serves_stale_entries(self, store, clock):
+        cache = make_cache(store, clock, stale_if_error=60.0)
+        await cache.get("a")
+        cache.distrust(0.5)
+        store.down = True
+        clock.advance(10)
+        assert await cache.get("a") is KEY_A
+        assert cache.stale_served == 1

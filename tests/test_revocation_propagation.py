@@ -22,7 +22,9 @@ from gateway.config import parse_config
 from gateway.config.schema import RedisConfig
 from gateway.keys.cache import KeyCache
 from gateway.keys.invalidation import InvalidationListener
-from gateway.store.connection import pubsub_client
+from gateway.keys.service import CLI
+from gateway.proxy.streams import REVOKED, OpenStreams
+from gateway.store.connection import StoreUnavailable, pubsub_client
 from gateway.timefmt import isoformat, utcnow
 
 pytestmark = pytest.mark.integration
@@ -227,3 +229,123 @@ async def test_a_listener_stopped_while_it_subscribes_always_stops(redis_url, ke
             hung += 1
         await client.aclose()
     assert hung == 0
+
+
+async def test_a_lost_channel_makes_the_cache_read_the_store_until_it_is_back(
+    redis_client, redis_url, key_prefix
+):
+    """While the listener is not subscribed, revocations are unheard: cached keys are read
+    from the store at most every half second, and once subscribed again the whole TTL holds,
+    and the open streams' keys are read again."""
+    from gateway.keys.invalidation import UNHEARD_FRESHNESS
+
+    loads: list[str] = []
+
+    async def load(key_hash: str) -> object:
+        loads.append(key_hash)
+        return object()
+
+    distrusted: list[float] = []
+
+    class Cache(KeyCache):
+        def distrust(self, fresh_for: float) -> None:
+            distrusted.append(fresh_for)
+            super().distrust(fresh_for)
+
+    cache = Cache(load, ttl=60, negative_ttl=5, max_size=10, stale_if_error=60)
+    await cache.get("h")
+    resyncs: list[float] = []
+    client = pubsub_client(redis_url, RedisConfig())
+    listener = InvalidationListener(
+        client, key_prefix + "inv", cache, ping_interval=0.1,
+        on_resync=lambda: resyncs.append(time.monotonic()),
+    )  # fmt: skip
+    listener.start()
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 5)
+        assert cache.fresh("h") is None  # marked stale when subscribed: loaded again once
+        await cache.get("h")
+        assert cache.fresh("h") is not None and distrusted == []
+        # lose the subscription: the listener distrusts, subscribes again, resyncs
+        target = await _subscriptions_of(redis_client, os.getpid(), redis_url.startswith("unix:"))
+        assert await redis_client.execute_command("CLIENT", "KILL", *target) >= 1
+        deadline = time.monotonic() + 10
+        while not resyncs:
+            assert time.monotonic() < deadline, "the listener did not subscribe again"
+            await asyncio.sleep(0.05)
+        assert distrusted == [UNHEARD_FRESHNESS]
+        assert cache.fresh("h") is None  # marked stale once more when subscribed again
+        await cache.get("h")
+        await asyncio.sleep(UNHEARD_FRESHNESS + 0.05)
+        assert cache.fresh("h") is not None  # heard again: the whole TTL
+        assert loads == ["h", "h", "h"]  # first use, once subscribed, once subscribed again
+    finally:
+        await listener.stop()
+        await client.aclose()
+
+
+async def _messages(pubsub, count: int, timeout: float = 5.0) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message is not None:
+            got.append(message["data"])
+    return got
+
+
+async def test_a_write_whose_answer_was_lost_is_published_once_the_store_answers(
+    redis_client, base_config, monkeypatch
+):
+    """A save that fails may have landed: its invalidation goes out with the next ping the
+    store answers (the health monitor pings each second), so no replica keeps the old record;
+    and revoking a key already revoked says so again."""
+    service = service_for(redis_client, parse_config(base_config()))
+    account = await new_account(service)
+    key_id, _ = await new_key(service, account)
+    record = await service.store.get_key(key_id)
+    assert record is not None
+    async with redis_client.pubsub() as pubsub:
+        await pubsub.subscribe(service.store.channel)
+        real_publish = redis_client.publish
+
+        async def lost(*args, **kwargs):
+            raise aioredis.ConnectionError("the answer never came")
+
+        monkeypatch.setattr(redis_client, "publish", lost)
+        with pytest.raises(StoreUnavailable):
+            await service.store.save_key(record.evolve(name="renamed"))
+        monkeypatch.setattr(redis_client, "publish", real_publish)
+        assert (await service.store.get_key(key_id)).name == "renamed"  # it did land
+        assert service.store.unsettled == {record.hash}
+        assert await _messages(pubsub, 1, timeout=0.5) == []
+        assert await service.store.ping() is True
+        assert await _messages(pubsub, 1) == [record.hash]
+        assert service.store.unsettled == set()
+        await service.revoke_key(CLI, key_id)
+        await service.revoke_key(CLI, key_id)  # a retry after a 503: published again
+        assert await _messages(pubsub, 2) == [record.hash, record.hash]
+
+
+async def test_open_streams_read_their_keys_again_after_a_resync():
+    cut: list[tuple[int, str]] = []
+
+    class Stream:
+        def cut(self, code: int, reason: str) -> None:
+            cut.append((code, reason))
+
+    revoked = {"gone"}
+
+    async def load(key_hash: str):
+        return type("Key", (), {"revoked": key_hash in revoked, "expires_at": None})()
+
+    streams = OpenStreams(load)
+    streams.add(Stream(), "gone", None)
+    streams.add(Stream(), "kept", None)
+    streams.resync()  # what the listener asks once subscribed again
+    for _ in range(50):
+        if cut:
+            break
+        await asyncio.sleep(0.01)
+    assert cut == [(1008, REVOKED)]
+    assert len(streams) == 1

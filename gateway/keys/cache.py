@@ -50,6 +50,7 @@ class KeyCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[CompiledKey | None]] = {}
         self._dirty_loads: set[str] = set()  # invalidated while their load was in flight
+        self._fresh_for = ttl  # how long a load stays fresh: less while changes go unheard
         self.hits = 0
         self.misses = 0
         self.stale_served = 0
@@ -113,7 +114,7 @@ class KeyCache:
             self._dirty_loads.discard(key_hash)
 
     def _store(self, key_hash: str, value: CompiledKey | None, now: float) -> None:
-        ttl = self._ttl if value is not None else self._negative_ttl
+        ttl = self._fresh_for if value is not None else min(self._negative_ttl, self._fresh_for)
         self._entries[key_hash] = _Entry(value, now + ttl, now)
         self._entries.move_to_end(key_hash)
         while len(self._entries) > self._max_size:
@@ -135,6 +136,17 @@ class KeyCache:
             if entry.fresh_until > now:
                 entry.fresh_until = now
         self._dirty_loads.update(self._inflight)
+
+    def distrust(self, fresh_for: float) -> None:
+        """Changes are not being heard (the invalidation channel is down): every entry
+        reloads on next use, and what is loaded stays fresh ``fresh_for`` at most, until
+        :meth:`trust`. A store that is down meanwhile serves entries under ``stale_if_error``."""
+        self._fresh_for = min(self._ttl, fresh_for)
+        self.expire_all()
+
+    def trust(self) -> None:
+        """Changes are heard again: loads stay fresh for the whole ``ttl``."""
+        self._fresh_for = self._ttl
 
     def clear(self) -> None:
         self._entries.clear()

@@ -1,9 +1,11 @@
 """Cache invalidation across replicas: every record change is published on one channel.
 
-Each worker listens and drops the changed key from its cache at once. After
-a reconnection every cached entry is marked stale (not dropped: it still
-serves under ``stale_if_error``), because messages sent while disconnected
-are lost.
+Each worker listens and drops the changed key from its cache at once. While
+the channel is down, messages are lost: every cached entry is marked stale
+(not dropped: it still serves under ``stale_if_error``) and keys are read
+from the store at most every :data:`UNHEARD_FRESHNESS` seconds; once
+subscribed again, every entry is marked stale once more and the open streams'
+keys are read again (``on_resync``), so a change made in the gap reaches them.
 
 A subscription that dies silently (a partition with no reset, a store that
 restarted behind a proxy) is found by pinging on the subscription itself:
@@ -28,6 +30,9 @@ from .cache import KeyCache
 log = logging.getLogger("gateway.invalidation")
 
 MAX_BACKOFF = 2.0
+# While the channel is down a key is read from the store at most this often: a change made
+# meanwhile (a revocation on another replica) is seen within it, not after the cache TTL.
+UNHEARD_FRESHNESS = 0.5
 
 
 class SubscriptionLost(ConnectionError):
@@ -43,11 +48,13 @@ class InvalidationListener:
         *,
         ping_interval: float = 5.0,
         on_change: Callable[[str], None] | None = None,
+        on_resync: Callable[[], None] | None = None,
     ):
         self.client = client
         self.channel = channel
         self.cache = cache
         self.on_change = on_change  # told of every changed key's hash (open streams)
+        self.on_resync = on_resync  # told when subscribed again: changes may have been missed
         self.ping_interval = ping_interval
         self.connected = asyncio.Event()
         self.subscriptions = 0
@@ -80,10 +87,13 @@ class InvalidationListener:
             try:
                 await pubsub.subscribe(self.channel)
                 await self._confirmed(pubsub)
+                self.cache.trust()
+                self.cache.expire_all()
                 if self.subscriptions:
                     log.info("invalidation channel subscribed again")
+                    if self.on_resync is not None:
+                        self.on_resync()
                 self.subscriptions += 1
-                self.cache.expire_all()
                 self.connected.set()
                 delay = 0.1
                 await self._listen(pubsub)
@@ -93,6 +103,7 @@ class InvalidationListener:
                 if self.connected.is_set():
                     log.warning("lost the invalidation channel (%s); reconnecting", exc)
                 self.connected.clear()
+                self.cache.distrust(UNHEARD_FRESHNESS)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

@@ -582,13 +582,17 @@ class KeyService:
         await self._save_keeping_an_admin(actor, record, updated, "remove the admin permission of")
         if credits is None and record.credits_id is not None:
             await self._drop_credits(record)
-        await self._record(actor, "key.update", record.account_id, record.id, fields=sorted(fields))
+        changed = sorted([*fields, "credits"] if credits is not ... else fields)
+        await self._record(actor, "key.update", record.account_id, record.id, fields=changed)
         await self._event("api_key.updated", updated)
         return updated
 
     async def revoke_key(self, actor: Actor, key_id: str) -> KeyRecord:
         record = await self.get_key(actor, key_id)
         if record.revoked_at:
+            # Perhaps revoked by a call answered 503 whose write landed all the same: say
+            # it again, so every replica drops its copy now.
+            await self.store.publish_invalidation([record.hash])
             return record
         revoked = record.evolve(revoked_at=isoformat(utcnow()))
         await self._save_keeping_an_admin(actor, record, revoked, "revoke")

@@ -78,6 +78,7 @@ class KeyStore:
         self.client = client
         self.prefix = prefix
         self.channel = prefix + "invalidate"
+        self.unsettled: set[str] = set()  # key hashes whose write failed: publish when back
         pool = getattr(client, "connection_pool", None)
         self._wait_ms = 0  # behind Sentinel: how long a write waits for a replica
         if isinstance(pool, SentinelConnectionPool):
@@ -106,8 +107,17 @@ class KeyStore:
                 await self.client.eval(_RELEASE, 1, key, token)
 
     async def ping(self) -> bool:
+        """Whether the store answers; when it does, the invalidations of writes that failed
+        (and so may or may not have landed) are published (the health monitor pings each
+        second)."""
         try:
-            return bool(await self.client.ping())
+            up = bool(await self.client.ping())
+            if up and self.unsettled:
+                settling = list(self.unsettled)
+                for key_hash in settling:
+                    await self.client.publish(self.channel, key_hash)
+                    self.unsettled.discard(key_hash)
+            return up
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
 
@@ -186,10 +196,16 @@ class KeyStore:
                 await pipe.execute()
             await self.client.publish(self.channel, record.hash)
         except STORE_ERRORS as exc:
+            self.unsettled.add(record.hash)
             raise StoreUnavailable(str(exc)) from exc
 
     async def save_key(self, record: KeyRecord) -> None:
-        """Replace an existing key's record and tell every replica to drop its copy."""
+        """Replace an existing key's record and tell every replica to drop its copy.
+
+        A write that fails may still have landed (the store took it, the answer was
+        lost): its key is kept in :attr:`unsettled` and its invalidation published by
+        the next :meth:`ping` the store answers, so no replica keeps the old record.
+        """
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.set(self._k("key", record.id), record.to_json())
@@ -197,6 +213,7 @@ class KeyStore:
                 await pipe.execute()
             await self.client.publish(self.channel, record.hash)  # once the write is acknowledged
         except STORE_ERRORS as exc:
+            self.unsettled.add(record.hash)
             raise StoreUnavailable(str(exc)) from exc
 
     def _replicated(self, pipe: Any) -> None:

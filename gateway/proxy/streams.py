@@ -96,6 +96,12 @@ class OpenStreams:
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
 
+    def resync(self) -> None:
+        """Changes may have been missed (the invalidation channel was down): read again the
+        key of every open stream."""
+        for key_hash in list(self._by_hash):
+            self.changed(key_hash)
+
     async def _recheck(self, key_hash: str) -> None:
         try:
             key: KeyState | None = await self._load(key_hash)

@@ -761,6 +761,39 @@ async def test_the_last_admin_key_is_not_revoked_and_the_dialog_says_why(dashboa
     tab.assert_clean(409)
 
 
+async def test_rotating_the_signed_in_key_at_once_shows_its_new_secret_and_stays_in(
+    dashboard, http
+):
+    """With a grace of 0s the old key stops at once: the page goes on with the new one."""
+    tab, gw, page = dashboard.tab, dashboard.gw, dashboard.tab.page
+    await tab.sign_in(dashboard.admin)
+    await tab.row("Ops admin").get_by_role("button", name="Rotate Ops admin").click()
+    rotate = page.get_by_role("dialog", name="Rotate key Ops admin?")
+    await rotate.get_by_label("Grace period for the current key").fill("0s")
+    await rotate.get_by_role("button", name="Rotate key").click()
+    shown = page.get_by_role("dialog", name="Your new API key")
+    await expect(shown).to_be_visible()
+    await page.wait_for_timeout(500)  # the list reloads behind the dialog meanwhile
+    await expect(shown).to_be_visible()
+    rotated = await shown.get_by_label("Secret key for Ops admin").input_value()
+    assert SECRET.match(rotated) and rotated != dashboard.admin
+    await tab.shot("rotated-own-key", mask=[shown.locator("#secret-value")])
+    await shown.get_by_role("button", name="I have stored the key").click()
+    await expect(
+        page.locator("#keys-body tr.status-active").filter(has_text="Ops admin")
+    ).to_have_count(1)
+    assert await page.evaluate("() => sessionStorage.length") == 1  # the new key, not the old
+    async with http.get(gw.url + "/v1/api-keys", headers=bearer(rotated)) as resp:
+        assert resp.status == 200
+    status, _ = await status_within(http, gw.url + "/v1/api-keys", dashboard.admin, 401, 1.0)
+    assert status == 401
+    await page.reload()  # still signed in, with the new key
+    await expect(
+        page.locator("#keys-body tr.status-active").filter(has_text="Ops admin")
+    ).to_have_count(1)
+    tab.assert_clean()
+
+
 # -- keys table: paging, filter, rotation due, account, audit ---------------------------------
 
 

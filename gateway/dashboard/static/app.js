@@ -727,6 +727,19 @@
         var created = (result.data && result.data.data) || {};
         $("rotate-dialog").close();
         state.target = null;
+        if (state.me && key.id === state.me.key_id && created.key) {
+          // The signed-in key was rotated (with 0s it stops at once): go on with the new one,
+          // or the next call would sign out and take the secret dialog with it.
+          state.key = created.key;
+          state.me.key_id = created.id;
+          state.me.name = created.name || state.me.name;
+          try {
+            sessionStorage.setItem(STORAGE_KEY, created.key);
+          } catch (e) {
+            /* storage refused: the key lives in memory for this page only */
+          }
+          fillWhoami();
+        }
         showSecret(created);
         reloadList();
       })

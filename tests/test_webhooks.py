@@ -177,6 +177,10 @@ async def test_private_and_plain_http_targets_are_refused_by_default(start_gatew
         ("https://169.254.169.254/latest/meta-data", "metadata"),
         ("https://169.254.10.10/hook", "link-local"),
         ("https://[::ffff:127.0.0.1]/hook", "loopback"),
+        ("https://[64:ff9b::7f00:1]/hook", "loopback"),  # NAT64 of 127.0.0.1
+        ("https://[2002:7f00:1::]/hook", "loopback"),  # 6to4 of 127.0.0.1
+        ("https://[2002:a9fe:a9fe::]/hook", "metadata"),  # 6to4 of 169.254.169.254
+        ("https://[64:ff9b::a00:7]/hook", "private"),  # NAT64 of 10.0.0.7
     ):
         status, body = await create_endpoint(http, gw, admin, url=url)
         assert status == 400, url

@@ -30,10 +30,27 @@ class TargetRefused(ValueError):
     """The URL may not receive webhooks; the message names why."""
 
 
+# IPv6 ranges that carry an IPv4 address a gateway or relay sends on to (RFC 6052, 8215)
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for, if any: mapped, 6to4, Teredo or NAT64."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client's address behind the relay
+    if any(address in net for net in NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def address_refusal(address: IPAddress) -> str | None:
     """What kind of non-public address ``address`` is ("a loopback address"), or None."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        address = embedded_ipv4(address) or address
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if address.is_loopback:

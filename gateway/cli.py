@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,15 @@ from .config import Config, ConfigError, load_config, resolve_path
 from .config.units import parse_per_period
 from .keys.format import key_pattern
 from .keys.model import KeyRecord
-from .keys.service import CLI, InvalidRequest, KeyService, OperationError, expires_in, rotation_due
+from .keys.service import (
+    CLI,
+    UNSHOWABLE,
+    InvalidRequest,
+    KeyService,
+    OperationError,
+    expires_in,
+    rotation_due,
+)
 from .keys.store import KeyStore
 from .store.connection import StoreHandle, StoreUnavailable, open_store
 from .store.embedded import EmbeddedStoreError
@@ -100,6 +109,12 @@ def _credits_cell(credits: dict[str, Any] | None) -> str:
     return f"{remaining} ({refill['amount']}/{refill['interval']})" if refill else remaining
 
 
+def printable(text: str) -> str:
+    """``text`` for a terminal: control and direction characters escaped (a name stored
+    before they were refused must not move the cursor, colour the screen or forge a row)."""
+    return UNSHOWABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def _key_lines(
     record: KeyRecord,
     last_used: str | None,
@@ -111,7 +126,7 @@ def _key_lines(
         status += " (rotation due)"
     rows = [
         ("id", record.id),
-        ("name", record.name),
+        ("name", printable(record.name)),
         ("key", f"{record.prefix}…{record.last4}"),
         ("mode", record.mode),
         ("account", record.account_id),
@@ -181,7 +196,7 @@ def cmd_accounts_create(args: argparse.Namespace) -> int:
                 account.__dict__ if hasattr(account, "__dict__") else _account_dict(account)
             )
         else:
-            print(f"created account {account.id} ({account.name}, plan {account.plan})")
+            print(f"created account {account.id} ({printable(account.name)}, plan {account.plan})")
         return 0
 
     return asyncio.run(_with_service(config, work))
@@ -201,7 +216,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
             _print_json({"data": [_account_dict(a) for a in accounts]})
         else:
             for a in accounts:
-                print(f"{a.id}  {a.plan:<10} {a.name}  {a.email or ''}")
+                print(f"{a.id}  {a.plan:<10} {printable(a.name)}  {printable(a.email or '')}")
         return 0
 
     return asyncio.run(_with_service(config, work))
@@ -246,7 +261,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             _print_json({**shown, "key": secret})
         else:
             print(
-                f"created {record.mode} key {record.id} ({record.name}) for account {record.account_id}"
+                f"created {record.mode} key {record.id} ({printable(record.name)}) for account {record.account_id}"
             )
             if shown["credits"] is not None:
                 print(f"credits: {credits_text(shown['credits'])}")
@@ -381,7 +396,7 @@ def cmd_accounts_update(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(_account_dict(account))
         else:
-            print(f"updated account {account.id} ({account.name}, plan {account.plan})")
+            print(f"updated account {account.id} ({printable(account.name)}, plan {account.plan})")
         return 0
 
     return asyncio.run(_with_service(config, work))
@@ -418,7 +433,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             print(
                 f"{r.id:<26} {r.prefix + '…' + r.last4:<18} {r.mode:<5} {r.status():<8} "
                 f"{key['last_used_at'] or 'never':<21} {_credits_cell(key['credits']):<16} "
-                f"{r.name}"
+                f"{printable(r.name)}"
             )
         return 0
 
@@ -468,7 +483,7 @@ def cmd_keys_usage(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"key_id": record.id, "days": days, **budgets})
             return 0
-        print(f"usage of {record.id} ({record.name}, {record.mode})")
+        print(f"usage of {record.id} ({printable(record.name)}, {record.mode})")
         quota = budgets["quota"]
         if quota is None:
             print("quota:   none (the account's plan has no quota)")
@@ -793,6 +808,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`gateway keys list | head`): quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -372,3 +374,42 @@ class TestUsageErrors:
         result = run_cli(cfg, *args)
         assert result.returncode == 2
         assert "usage:" in result.stderr
+
+
+async def test_names_never_reach_the_terminal_as_control_characters(
+    cfg, redis_client, config_data, account
+):
+    """A name is refused with control or direction characters; one stored before that rule
+    (or written straight to the store) is printed escaped, never interpreted."""
+    service = service_for(redis_client, parse_config(config_data))
+    forged = "evil\x1b[31mRED\x1b[0m\nkey_fake  sk_live_…AAAA  live  active"
+    result = run_cli(cfg, "keys", "create", "--account", account, "--name", forged)
+    assert result.returncode == 1 and "control or direction" in result.stderr
+    result = run_cli(cfg, "accounts", "create", "--name", "a\u202eb", "--email", "a@b.test")
+    assert result.returncode == 1 and "control or direction" in result.stderr
+    key_id, _ = await new_key(service, account, name="plain")
+    record = await service.store.get_key(key_id)
+    await service.store.save_key(record.evolve(name=forged))  # as an older record may hold
+    for args in (("keys", "list", "--account", account), ("keys", "show", key_id)):
+        result = run_cli(cfg, *args)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "key_fake" in result.stdout
+        assert "evil\\x1b[31mRED\\x1b[0m\\nkey_fake" in result.stdout
+        assert not any(line.startswith("key_fake") for line in result.stdout.splitlines())
+
+
+async def test_a_listing_cut_short_by_its_reader_ends_quietly(
+    cfg, redis_client, config_data, account
+):
+    service = service_for(redis_client, parse_config(config_data))
+    for n in range(30):
+        await new_key(service, account, name=f"k{n}")
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--config", str(cfg), "keys", "list", "--account", account],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.readline()
+    listing.stdout.close()  # as `| head -1` does
+    _, err = listing.communicate(timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()

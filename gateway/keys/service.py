@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -156,6 +157,21 @@ def _string_list(value: Any, field: str) -> list[str]:
     return value
 
 
+# Control characters, and the bidirectional controls that reorder what a terminal or page
+# shows: a name holding them could forge lines in an operator's `keys list`.
+UNSHOWABLE_CHARS = "\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"  # a regex class's inside
+UNSHOWABLE = re.compile(f"[{UNSHOWABLE_CHARS}]")
+
+
+def valid_name(name: object) -> str:
+    """A key's or account's name, stripped; raises :class:`InvalidRequest` naming ``name``."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise InvalidRequest("name must be a non-empty string of at most 200 characters", "name")
+    if UNSHOWABLE.search(name):
+        raise InvalidRequest("name must not hold control or direction characters", "name")
+    return name.strip()
+
+
 def validate_key_fields(data: dict[str, Any], *, allowed: tuple[str, ...]) -> dict[str, Any]:
     """Check and normalise key fields; raises InvalidRequest naming the field."""
     if not isinstance(data, dict):
@@ -165,12 +181,7 @@ def validate_key_fields(data: dict[str, Any], *, allowed: tuple[str, ...]) -> di
         raise InvalidRequest(f"unknown field {unknown[0]!r}", unknown[0])
     out: dict[str, Any] = {}
     if "name" in data:
-        name = data["name"]
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise InvalidRequest(
-                "name must be a non-empty string of at most 200 characters", "name"
-            )
-        out["name"] = name.strip()
+        out["name"] = valid_name(data["name"])
     if "mode" in data:
         if data["mode"] not in ("live", "test"):
             raise InvalidRequest("mode must be 'live' or 'test'", "mode")
@@ -410,10 +421,7 @@ class KeyService:
     async def create_account(
         self, *, name: str, email: str | None = None, plan: str = "default"
     ) -> Account:
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise InvalidRequest(
-                "name must be a non-empty string of at most 200 characters", "name"
-            )
+        name = valid_name(name)
         if plan not in self.config.plans:
             known = ", ".join(sorted(self.config.plans))
             raise InvalidRequest(
@@ -445,11 +453,7 @@ class KeyService:
         account = await self.account(account_id)
         changes: dict[str, Any] = {}
         if name is not None:
-            if not name.strip() or len(name) > 200:
-                raise InvalidRequest(
-                    "name must be a non-empty string of at most 200 characters", "name"
-                )
-            changes["name"] = name.strip()
+            changes["name"] = valid_name(name)
         if email is not None:
             if "@" not in email or len(email) > 320:
                 raise InvalidRequest(f"{email!r} is not an email address", "email")

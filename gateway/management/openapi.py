@@ -21,6 +21,7 @@ from ..keys.service import (
     METADATA_MAX_KEY_LENGTH,
     METADATA_MAX_KEYS,
     METADATA_MAX_VALUE_LENGTH,
+    UNSHOWABLE_CHARS,
 )
 from ..permissions import PERMISSION
 
@@ -154,7 +155,13 @@ def _key_properties() -> dict[str, Any]:
 
 def _key_fields(*, create: bool) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "pattern": f"^[^{UNSHOWABLE_CHARS}]*$",
+            "description": "No control or direction characters.",
+        },
         "mode": {**MODE, "description": "Defaults to the calling key's mode."},
         "permissions": {
             **_nullable(PERMISSIONS),

@@ -330,3 +330,15 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True, timeout=30,
     )  # fmt: skip
     return cert, key
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGTERM a process this test started and wait for it; killed if it will not stop."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
-from realparts import RedisServer
+from realparts import RedisServer, terminate
 from test_deploy_image import image_root, parse_dockerfile  # noqa: F401 - image_root is a fixture
 from test_deploy_kubernetes import K8S, config_of, container_env, find, prestop_seconds, render
 
@@ -178,13 +178,7 @@ class Pod:
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc)
 
 
 @pytest.fixture

@@ -51,14 +51,13 @@ def test_the_demo_runs_as_the_readme_says(tmp_path):
     """``gateway demo`` (what scripts/demo.sh runs): its own store, upstream and keys, and the
     requests it prints to try answer as it says."""
     import re
-    import signal
     import subprocess
     import sys
     import time
     import urllib.error
     import urllib.request
 
-    from realparts import free_port
+    from realparts import free_port, terminate
 
     port, admin_port, upstream_port = free_port(), free_port(), free_port()
     out = tmp_path / "demo.out"
@@ -105,10 +104,5 @@ def test_the_demo_runs_as_the_readme_says(tmp_path):
             assert status == 200 and b'data: {"n": 0}' in body, body
             assert get("/dashboard")[0] == 200
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, 30)
     assert proc.returncode == 0, out.read_text()

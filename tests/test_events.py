@@ -3,6 +3,7 @@ and `gateway events list`, scoped to the caller's account and mode."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -97,6 +98,37 @@ async def test_another_accounts_events_are_never_seen(gateway, http):
     _, body = await events(http, gateway, admin)
     assert all(e["account_id"] == mine for e in body["data"])
     assert their_id not in json.dumps(body)
+
+
+@pytest.mark.parametrize("query", ["", "&type=api_key.created"])
+async def test_paging_while_events_are_raised_lists_each_event_once(gateway, http, query):
+    account = await new_account(gateway.service)
+    _, admin = await new_key(gateway.service, account, permissions=["admin"])
+    for i in range(40):
+        await new_key(gateway.service, account, name=f"old{i}")
+    stop = asyncio.Event()
+
+    async def raising() -> None:
+        n = 0
+        while not stop.is_set():
+            await new_key(gateway.service, account, name=f"new{n}")
+            n += 1
+
+    writer = asyncio.create_task(raising())
+    seen: list[str] = []
+    try:
+        after = ""
+        while True:
+            status, body = await events(http, gateway, admin, f"?limit=3{query}{after}")
+            assert status == 200
+            seen += [e["id"] for e in body["data"]]
+            if not body["has_more"]:
+                break
+            after = "&starting_after=" + seen[-1]
+    finally:
+        stop.set()
+        await writer
+    assert len(seen) == len(set(seen)) and len(seen) >= 41
 
 
 async def test_pages_follow_starting_after_and_bad_parameters_are_named(gateway, http):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -139,6 +140,52 @@ async def test_pagination_with_limit_and_starting_after(admin, http):
     assert pages == 3
     async with http.get(gw.url + "/v1/api-keys?limit=100", headers=headers) as resp:
         assert len((await resp.json())["data"]) == 5
+
+
+async def test_paging_while_keys_are_created_lists_each_key_once(admin, http):
+    """New keys go on top; the page after a cursor never shifts (one atomic read)."""
+    gw, account, _, headers = admin
+    before = [(await new_key(gw.service, account, name=f"old{i}"))[0] for i in range(40)]
+    stop = asyncio.Event()
+
+    async def creating() -> None:
+        n = 0
+        while not stop.is_set():
+            await new_key(gw.service, account, name=f"new{n}")
+            n += 1
+
+    writer = asyncio.create_task(creating())
+    seen: list[str] = []
+    try:
+        after = None
+        while True:
+            url = gw.url + "/v1/api-keys?limit=3" + (f"&starting_after={after}" if after else "")
+            async with http.get(url, headers=headers) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            seen += [k["id"] for k in body["data"]]
+            if not body["has_more"]:
+                break
+            after = seen[-1]
+    finally:
+        stop.set()
+        await writer
+    assert len(seen) == len(set(seen))
+    assert set(before) <= set(seen)
+
+
+async def test_a_cursor_from_the_other_mode_is_not_in_the_list(admin, http):
+    gw, account, _, headers = admin
+    test_id, _ = await new_key(gw.service, account, mode="test")
+    live_id, _ = await new_key(gw.service, account)
+    for mode, cursor in (("live", test_id), ("test", live_id)):
+        url = gw.url + f"/v1/api-keys?mode={mode}&starting_after={cursor}"
+        async with http.get(url, headers=headers) as resp:
+            assert resp.status == 404, await resp.text()
+            error = (await resp.json())["error"]
+            assert (error["code"], error["details"]["field"]) == (
+                "resource_not_found", "starting_after"
+            )  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ..store.connection import STORE_ERRORS, StoreUnavailable
+from ..store.pages import page_after
 from ..timefmt import isoformat, utcnow
 
 log = logging.getLogger("gateway.events")
@@ -208,18 +209,18 @@ class EventLog:
         index = self._k("events", account_id, "test" if test_only else "all")
         found: list[Event] = []
         try:
-            start = 0
-            if starting_after:
-                rank = await self.client.zrevrank(index, starting_after)
-                if rank is None:
-                    return None
-                start = rank + 1
+            cursor = starting_after
             batch = max(limit + 1, 50) if type_filter else limit + 1
             while len(found) <= limit:
-                ids = await self.client.zrevrange(index, start, start + batch - 1)
+                # each batch after the last id read: events added meanwhile shift nothing
+                ids = await page_after(self.client, index, cursor, batch)
+                if ids is None:
+                    if cursor == starting_after:
+                        return None
+                    break  # the last id read has just been trimmed: the list ends there
                 if not ids:
                     break
-                start += len(ids)
+                cursor = ids[-1]
                 raws = await mget(self.client, [self._k("evt", i) for i in ids])
                 for raw in raws:
                     if not raw:

@@ -548,10 +548,10 @@ class KeyService:
             accounts = [a.id for a in await self.store.list_accounts()]
             records: list[KeyRecord] = []
             for acct in accounts:
-                ids, _ = await self.store.list_key_ids(
+                page = await self.store.list_key_ids(
                     acct, mode=mode, limit=10**9, starting_after=None
                 )
-                records.extend(await self.store.get_keys(ids))
+                records.extend(await self.store.get_keys(page[0] if page else []))
             records.sort(key=lambda r: r.created_at, reverse=True)
             return records, False
         if starting_after is not None:
@@ -567,9 +567,14 @@ class KeyService:
                     f"starting_after: no API key {starting_after!r} in this list",
                     "starting_after",
                 ) from None
-        ids, more = await self.store.list_key_ids(
+        page = await self.store.list_key_ids(
             account_id, mode=mode, limit=limit, starting_after=starting_after
         )
+        if page is None:  # a key of the account, but not of this list (the other mode's)
+            raise NotFound(
+                f"starting_after: no API key {starting_after!r} in this list", "starting_after"
+            )
+        ids, more = page
         return await self.store.get_keys(ids), more
 
     async def update_key(self, actor: Actor, key_id: str, data: dict[str, Any]) -> KeyRecord:

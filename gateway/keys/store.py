@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from ..store.connection import STORE_ERRORS, StoreUnavailable
+from ..store.pages import page_after
 from .model import Account, KeyRecord
 
 
@@ -223,19 +224,16 @@ class KeyStore:
 
     async def list_key_ids(
         self, account_id: str, *, mode: str | None, limit: int, starting_after: str | None
-    ) -> tuple[list[str], bool]:
-        """A page of the account's key ids, newest first, and whether more follow."""
+    ) -> tuple[list[str], bool] | None:
+        """A page of the account's key ids, newest first, and whether more follow; None
+        when ``starting_after`` is not a key of this list (another mode's, say)."""
         index = self._k("acct_keys", account_id, mode or "all")
         try:
-            start = 0
-            if starting_after:
-                rank = await self.client.zrevrank(index, starting_after)
-                if rank is None:
-                    return [], False
-                start = rank + 1
-            ids = await self.client.zrevrange(index, start, start + limit)
+            ids = await page_after(self.client, index, starting_after, limit + 1)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
+        if ids is None:
+            return None
         return ids[:limit], len(ids) > limit
 
     # -- accounts -----------------------------------------------------------

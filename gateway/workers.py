@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -49,7 +50,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from .config import ConfigError, load_config
 from .config.schema import Config
+from .ops.reload import pin_restart_only
 
 log = logging.getLogger("gateway.workers")
 
@@ -104,9 +107,11 @@ def merge_metrics(texts: Iterable[tuple[str, str]], extra: Iterable[Metric] = ()
 
 class Supervisor:
     def __init__(self, config: Config, config_path: str, count: int):
-        self.config = config
+        self.config = config  # as started: its restart-only settings hold until a restart
+        self.latest = config  # the last configuration that validated (a reload may change it)
         self.config_path = config_path
         self.count = count
+        self._started_path = self._current_path = ""
         self.workers: list[Worker] = []
         self.stopping = False
         self.gave_up = False
@@ -115,9 +120,27 @@ class Supervisor:
 
     # -- processes ----------------------------------------------------------------
 
+    def _current(self) -> Config:
+        """The configuration a worker starts with: the file as it is now when it validates,
+        else the last that did (a worker restarted after a crash must not fail on a file
+        the running workers refused to reload), its restart-only settings as started.
+        Kept as text in :attr:`_dir` for the worker to read."""
+        try:
+            text = Path(self.config_path).read_text(encoding="utf-8")
+            loaded = load_config(self.config_path)
+        except (OSError, ConfigError) as exc:
+            why = "; ".join(exc.errors) if isinstance(exc, ConfigError) else str(exc)
+            log.warning("config file refused (%s); workers start from the last that validated",
+                        why)  # fmt: skip
+        else:
+            self.latest, _ = pin_restart_only(self.config, loaded)
+            Path(self._current_path).write_text(text, encoding="utf-8")
+        return self.latest
+
     def _spawn(self, worker: Worker) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(worker.socket_path)
+        self._current()
         worker.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -125,6 +148,10 @@ class Supervisor:
                 "gateway.workers",
                 "--config",
                 self.config_path,
+                "--started",
+                self._started_path,
+                "--current",
+                self._current_path,
                 "--index",
                 str(worker.index),
                 "--admin-socket",
@@ -299,6 +326,10 @@ class Supervisor:
 
     async def run(self) -> int:
         self._dir = tempfile.mkdtemp(prefix="gw-workers-")
+        self._started_path = os.path.join(self._dir, "started.yaml")
+        self._current_path = os.path.join(self._dir, "current.yaml")
+        shutil.copyfile(self.config_path, self._started_path)
+        shutil.copyfile(self.config_path, self._current_path)
         self.workers = [
             Worker(i, os.path.join(self._dir, f"admin-{i}.sock")) for i in range(self.count)
         ]
@@ -329,8 +360,12 @@ class Supervisor:
             if self.gave_up:
                 self.stopping = True
                 self._forward(signal.SIGTERM)
-            in_time = await self._wait_for_workers(self.config.server.drain_timeout + 10.0)
-            clean = in_time and all(w.proc is None or w.proc.returncode == 0 for w in self.workers)
+            drain = self._current().server.drain_timeout  # as reloaded, not as started
+            in_time = await self._wait_for_workers(drain + 10.0)
+            clean = in_time and all(
+                w.proc is None or w.restart_at is not None or w.proc.returncode == 0
+                for w in self.workers  # (one that had died and awaited its restart: not a fault)
+            )
             log.info("all workers stopped")
             return 1 if self.gave_up or not clean else 0
         finally:
@@ -349,6 +384,9 @@ def _port_available(host: str, port: int) -> str | None:
     """Why ``host:port`` cannot be shared by the workers, or None."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as the workers' listeners do: connections of a gateway stopped a moment ago
+        # (TIME-WAIT) do not hold the port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             probe.bind((host, port))
@@ -395,7 +433,10 @@ def _die_with_parent(parent: int) -> None:
 
 def worker_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway-worker")
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True)  # watched and reloaded
+    # the configuration as the supervisor started, and the last that validated (text copies)
+    parser.add_argument("--started")
+    parser.add_argument("--current")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--admin-socket", required=True)
     parser.add_argument("--parent", type=int, required=True)
@@ -407,12 +448,14 @@ def worker_main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     _die_with_parent(args.parent)
-    from .config import ConfigError, load_config
     from .server import install_uvloop, serve
     from .telemetry.logs import configure_logging
 
     try:
-        config = load_config(args.config)
+        if args.started and args.current:
+            config, _ = pin_restart_only(load_config(args.started), load_config(args.current))
+        else:
+            config = load_config(args.config)
     except ConfigError as exc:
         log.error("worker %d: invalid configuration: %s", args.index, "; ".join(exc.errors))
         return 1

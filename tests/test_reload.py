@@ -182,6 +182,8 @@ async def test_restart_only_settings_are_logged_as_ignored_and_kept(reloading, u
             **data,
             "server": {**data["server"], "port": free_port(), "max_url_bytes": 300},
             "redis": {**data["redis"], "key_prefix": "elsewhere:"},
+            "alerts": {"enabled": False},  # the detectors are built at start
+            "webhooks": {"timeout": "3s"},  # and so is the webhook dispatcher
         }
         replace_file(gw.config_path, changed)
 
@@ -192,6 +194,8 @@ async def test_restart_only_settings_are_logged_as_ignored_and_kept(reloading, u
         log = gw.log()
         assert "server.port changed; needs a restart" in log
         assert "redis.key_prefix changed; needs a restart" in log
+        assert "alerts.enabled changed; needs a restart" in log
+        assert "webhooks.timeout changed; needs a restart" in log
         # Still on the old port and the old store prefix (the key still works) ...
         assert await status(http, gw.url + "/a/x", secret) == 200
         # ... while a live setting took effect.

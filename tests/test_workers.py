@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 import yaml
 from conftest import bearer, new_account, new_key, service_for, upstream_url, write_config
+from realparts import free_port
 
 from gateway.config import parse_config
 from gateway.keys.service import CLI
@@ -221,3 +222,64 @@ def test_supervisor_refuses_a_port_it_cannot_share(base_config, tmp_path):
         )
     assert done.returncode == 1
     assert "cannot listen" in done.stderr
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_gateway_can_be_shared():
+    """Connections the previous gateway closed first sit in TIME-WAIT on its port for a
+    minute; the workers' listeners take the port all the same, so must the probe."""
+    import socket
+
+    from gateway.workers import _port_available
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end goes to TIME-WAIT
+        client.recv(1)
+        client.close()
+    assert _port_available("127.0.0.1", port) is None
+
+
+async def test_a_worker_restarted_under_a_refused_or_changed_file_runs_what_the_others_run(
+    workers_gateway,
+):
+    """A crash while the file does not validate must not take the gateway down, and one
+    after a restart-only change must not move the restarted worker to another port."""
+    gw, _, _, secret = workers_gateway
+    url = gw.url + "/api/x"
+    good = gw.config_path.read_text()
+
+    async def kill_and_wait(http: aiohttp.ClientSession, restarts: int) -> None:
+        _, health = await admin(http, gw, "/healthz")
+        victim = health["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            _, health = await admin(http, gw, "/healthz")
+            worker = health["workers"][0]
+            if worker["restarts"] == restarts and worker["alive"] and worker["pid"] != victim:
+                break
+            assert time.monotonic() < deadline, (health, gw.log()[-3000:])
+            await asyncio.sleep(0.1)
+        await all_ready(http, gw, 2)
+
+    async with aiohttp.ClientSession() as http:
+        await all_ready(http, gw, 2)
+        gw.config_path.write_text(good + "\nserver_typo: {}\n")  # does not validate
+        await kill_and_wait(http, 1)
+        assert await batch(gw, url, secret) == {200}
+        data = yaml.safe_load(good)
+        data["server"]["port"] = free_port()  # restart-only: the running value holds
+        gw.config_path.write_text(yaml.safe_dump(data))
+        await kill_and_wait(http, 2)
+        before = served_by_worker((await admin(http, gw, "/metrics"))[1]).get("0", 0)
+        for _ in range(5):  # the kernel spreads connections: worker 0 answers on the old port
+            assert await batch(gw, url, secret) == {200}
+        after = served_by_worker((await admin(http, gw, "/metrics"))[1]).get("0", 0)
+        assert after > before
+    assert "workers start from the last that validated" in gw.log()
+    assert gw.stop() == 0

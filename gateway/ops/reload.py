@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.loader import ConfigError, load_config
-from ..config.schema import AdminConfig, Config, RedisConfig
+from ..config.schema import AdminConfig, Config, RedisConfig, WebhooksConfig
 from ..runtime import Runtime, Snapshot
 
 log = logging.getLogger("gateway.reload")
@@ -45,6 +45,8 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "rate_limits": ("on_store_error",),
     "tracing": ("otlp_endpoint", "sample_ratio", "service_name"),
     "logging": ("format",),
+    "alerts": ("enabled",),  # the detectors run or not from the start (their thresholds reload)
+    "webhooks": tuple(WebhooksConfig.model_fields),  # the dispatcher is built once
 }
 """Settings read once at start: a reload keeps their running values."""
 

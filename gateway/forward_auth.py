@@ -110,8 +110,6 @@ class ForwardAuth:
         )
         result = await self.runtime.pipeline.authenticate(attempt)
         if isinstance(result, Denial):
-            if attempt.key is not None:
-                ctx.key_id = attempt.key.id
             return self.refuse(result, ctx)
         return self.allow(result, ctx)
 

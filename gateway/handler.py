@@ -380,9 +380,6 @@ class PublicHandler:
                 attempt.authorization = [f"Bearer {subprotocol_key}"]
             result = await rt.pipeline.authenticate(attempt)
             if isinstance(result, Denial):
-                if attempt.key is not None:
-                    ctx.key_id = attempt.key.id
-                    ctx.account_id = attempt.key.record.account_id
                 return self.refuse(result, ctx)
             ctx.principal = principal = result
             identity = result.key.upstream_head

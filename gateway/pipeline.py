@@ -69,6 +69,7 @@ class Attempt:
     route_rate_limit: object | None = None
     key: CompiledKey | None = field(default=None)
     cost: int = 0  # what the request spends of a metered key: 0 for the gateway's own endpoints
+    context: RequestContext | None = None  # told the key once identified, for the access log
 
 
 class RequestContext:
@@ -168,6 +169,7 @@ def attempt_for(
         required_permission=required_permission,
         route_rate_limit=route_rate_limit,
         cost=cost,
+        context=ctx,
     )
 
 
@@ -218,6 +220,10 @@ class Pipeline:
         if isinstance(key, Denial):
             return key
         attempt.key = key
+        ctx = attempt.context
+        if ctx is not None:  # logged with the key and its account, also if refused below
+            ctx.key_id = key.record.id
+            ctx.account_id = key.record.account_id
         denial = self.restrict(key, attempt)
         if denial is not None:
             self._count(key, attempt, denial.code)

@@ -66,7 +66,11 @@ class TestAccessLogLines:
             ("GET", "/api/users", {}, "r-missing", 401, None),
             ("GET", "/nowhere", {}, "r-404", 404, None),
             ("GET", "/public/x", {}, "r-public", 200, None),
-        ]
+            # refused by the management API and by forward auth: the key is named too
+            ("GET", "/v1/api-keys", bearer(secret), "r-manage", 403, key_id),
+            ("GET", "/v1/auth/check", {**bearer(secret), "X-Forwarded-Method": "POST",
+                                       "X-Forwarded-Uri": "/api/users"}, "r-check", 403, key_id),
+        ]  # fmt: skip
         for method, path, headers, rid, _, _ in calls:
             async with http.request(
                 method, gw.url + path, headers={**headers, "X-Request-Id": rid}

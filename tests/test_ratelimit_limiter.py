@@ -344,3 +344,26 @@ async def test_idle_counters_are_forgotten():
 
 def test_rates_parse_as_the_limiter_expects():
     assert parse_rate("100/second") == Rate(100, 1, "second")
+
+
+async def test_prefetched_units_a_replica_does_not_spend_go_back_to_the_others(
+    shared_store, key_prefix
+):
+    """A busy replica takes units ahead; when its client moves to another replica, what it
+    had not spent goes back once its hold ends, so together they admit the whole limit."""
+    a = RateLimiter(shared_store, prefix=key_prefix, plan_rate=PLANS.get)
+    b = RateLimiter(shared_store, prefix=key_prefix, plan_rate=PLANS.get)
+    key = compiled_key(rate="1000/minute")
+
+    async def burst(limiter: RateLimiter, n: int, size: int) -> int:
+        decisions = []
+        while len(decisions) < n:  # concurrent bursts: a busy key, worth prefetching for
+            wave = min(size, n - len(decisions))
+            decisions += await asyncio.gather(*(limiter.check(key, "r", None) for _ in range(wave)))
+        return sum(d.allowed for d in decisions)
+
+    allowed = await burst(a, 290, 20)  # the last wave smaller: a is left holding units
+    assert allowed == 290
+    await asyncio.sleep(0.6)  # a's hold (at most 250 ms) ends and what it holds goes back
+    allowed += await burst(b, 800, 20)
+    assert allowed == 1000

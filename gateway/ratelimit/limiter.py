@@ -16,8 +16,9 @@ takes units from the store in grants and spends them locally.
   units as there are requests waiting on them (one call, however many
   wait), plus, for a key busy enough to use them and a limit large enough
   to spare them, a few *prefetched* units: at most 1/50 of the limit, spent
-  within ``hold`` (0.5% of the window, at most 250 ms) or given back at the
-  next grant.
+  within ``hold`` (0.5% of the window, at most 250 ms) or given back: at the
+  next grant, or by a call of their own when the hold ends unspent (a worker
+  the client stopped sending to must not keep units from the others).
   The store logs a prefetched grant as spent at the end of its hold, so the
   units actually spent in any window never exceed the limit, whatever the
   number of workers; small limits are never prefetched and stay exact to
@@ -55,6 +56,7 @@ PREFETCH_SHARE = 50  # at most 1/50 of a limit is prefetched by one worker
 HOLD_SHARE = 0.005  # a prefetched grant lives 0.5% of its window ...
 HOLD_MAX = 0.25  # ... and at most 250 ms
 GRANT_GRACE = 0.05  # units granted for waiting requests must be spent this soon
+GIVE_BACK_AFTER = 0.05  # after a prefetched grant's hold, its unspent units go back
 STORE_RETRY = 1.0  # after a store failure, the store is tried again this much later
 PRUNE_EVERY = 30.0
 IDLE_AFTER = 60.0
@@ -236,6 +238,7 @@ class RateLimiter:
         self.store_failures = 0
         self.store_calls = 0
         self._pruned_at = time.monotonic()
+        self._giving: set[asyncio.Task[None]] = set()  # unspent units on their way back
 
     @property
     def degraded(self) -> bool:
@@ -329,6 +332,8 @@ class RateLimiter:
             got = self._clock()
             for c, take, grant in zip(counters, takes, grants, strict=True):
                 c.apply(take, grant, sent, got, reason)
+                if take.hold_ms and grant.granted > 1:
+                    self._give_back_later(c)
         except Exception:  # pragma: no cover - a bug must not leave waiters hanging
             log.exception("rate limit refill failed")
             got = self._clock()
@@ -372,6 +377,33 @@ class RateLimiter:
                 for t, g in zip(takes, grants, strict=True)
             ]
         return grants, None
+
+    def _give_back_later(self, c: _Counter) -> None:
+        """When a prefetched grant's hold ends, give back what it did not spend."""
+        grant_id = c.grant_id
+        asyncio.get_running_loop().call_later(
+            max(c.expires - self._clock(), 0.0) + GIVE_BACK_AFTER, self._give_back, c, grant_id
+        )
+
+    def _give_back(self, c: _Counter, grant_id: str) -> None:
+        if c.grant_id != grant_id or c.tokens <= 0 or c.inflight is not None:
+            return  # spent, or already given back with a newer grant
+        if time.monotonic() < self._store_down_until:
+            return  # the store is down: the fallback keeps nothing to give back
+        take = Take(key=c.key, limit=c.limit.rate.limit, window_ms=c.limit.window_ms, want=0,
+                    grant_id=grant_id, refund=c.tokens)  # fmt: skip
+        c.tokens = 0
+        c.grant_id = ""
+        task = asyncio.get_running_loop().create_task(self._give(take))
+        self._giving.add(task)
+        task.add_done_callback(self._giving.discard)
+
+    async def _give(self, take: Take) -> None:
+        try:
+            self.store_calls += 1
+            await self.store.take([take], None if self._store_clock else int(self._clock() * 1000))
+        except StoreUnavailable:
+            pass  # the units stay counted until the window moves past them: never too many
 
     # -- answers ----------------------------------------------------------------
 

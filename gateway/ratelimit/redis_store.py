@@ -101,10 +101,12 @@ for i = 1, n do
   local granted, retry, id = 0, 0, ''
   if allowed then
     granted = grant
-    local seq = redis.call('HINCRBY', meta, 's', 1)
-    id = granted .. ':' .. now .. ':' .. seq
-    redis.call('ZADD', log, now + hold, id)
-    total = total + granted
+    if granted > 0 then  -- a take of 0 only gives units back: nothing to log
+      local seq = redis.call('HINCRBY', meta, 's', 1)
+      id = granted .. ':' .. now .. ':' .. seq
+      redis.call('ZADD', log, now + hold, id)
+      total = total + granted
+    end
   else
     local need = total + 1 - limit
     if need > 0 then

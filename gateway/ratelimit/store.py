@@ -33,7 +33,8 @@ class Take:
     """Ask for up to ``want`` units of counter ``key`` (``limit`` per ``window_ms``).
 
     ``refund`` units of the earlier grant ``grant_id`` went unspent: they are
-    given back first (a grant that already left the window is left alone).
+    given back first (a grant that already left the window is left alone). A
+    ``want`` of 0 only gives units back.
     """
 
     key: str
@@ -157,8 +158,10 @@ class MemoryLimitStore:
         grants = []
         for take, log in zip(takes, logs, strict=True):
             if allowed:
-                grant_id = str(next(self._ids))
-                log.add(now + take.hold_ms, granted, grant_id)
+                grant_id = ""
+                if granted > 0:  # (a take of 0 only gives units back: nothing to log)
+                    grant_id = str(next(self._ids))
+                    log.add(now + take.hold_ms, granted, grant_id)
                 reset = log.reset_ms(take.window_ms, now)
                 grants.append(Grant(granted, take.limit - log.total, reset, 0, grant_id))
             else:

@@ -232,6 +232,25 @@ def service_for(client: aioredis.Redis, config: Config) -> KeyService:
     return KeyService(store, config, audit=AuditLog(client, config.redis.key_prefix))
 
 
+@contextlib.asynccontextmanager
+async def keys_being_created(service: KeyService, account_id: str) -> AsyncIterator[None]:
+    """Keys (and their events) created one after another in the background meanwhile."""
+    stop = asyncio.Event()
+
+    async def creating() -> None:
+        n = 0
+        while not stop.is_set():
+            await new_key(service, account_id, name=f"meanwhile{n}")
+            n += 1
+
+    writer = asyncio.create_task(creating())
+    try:
+        yield
+    finally:
+        stop.set()
+        await writer
+
+
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 

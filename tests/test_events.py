@@ -3,12 +3,11 @@ and `gateway events list`, scoped to the caller's account and mode."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 
 import pytest
-from conftest import bearer, new_account, new_key, run_cli, write_config
+from conftest import bearer, keys_being_created, new_account, new_key, run_cli, write_config
 
 from gateway.keys.format import generate_secret, key_pattern
 from gateway.keys.service import CLI
@@ -106,17 +105,8 @@ async def test_paging_while_events_are_raised_lists_each_event_once(gateway, htt
     _, admin = await new_key(gateway.service, account, permissions=["admin"])
     for i in range(40):
         await new_key(gateway.service, account, name=f"old{i}")
-    stop = asyncio.Event()
-
-    async def raising() -> None:
-        n = 0
-        while not stop.is_set():
-            await new_key(gateway.service, account, name=f"new{n}")
-            n += 1
-
-    writer = asyncio.create_task(raising())
     seen: list[str] = []
-    try:
+    async with keys_being_created(gateway.service, account):
         after = ""
         while True:
             status, body = await events(http, gateway, admin, f"?limit=3{query}{after}")
@@ -125,9 +115,6 @@ async def test_paging_while_events_are_raised_lists_each_event_once(gateway, htt
             if not body["has_more"]:
                 break
             after = "&starting_after=" + seen[-1]
-    finally:
-        stop.set()
-        await writer
     assert len(seen) == len(set(seen)) and len(seen) >= 41
 
 

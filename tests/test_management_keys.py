@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import CLI, bearer, new_account, new_key
+from conftest import CLI, bearer, keys_being_created, new_account, new_key
 
 from gateway.keys.format import hash_secret
 from gateway.timefmt import isoformat, parse_time
@@ -146,17 +146,8 @@ async def test_paging_while_keys_are_created_lists_each_key_once(admin, http):
     """New keys go on top; the page after a cursor never shifts (one atomic read)."""
     gw, account, _, headers = admin
     before = [(await new_key(gw.service, account, name=f"old{i}"))[0] for i in range(40)]
-    stop = asyncio.Event()
-
-    async def creating() -> None:
-        n = 0
-        while not stop.is_set():
-            await new_key(gw.service, account, name=f"new{n}")
-            n += 1
-
-    writer = asyncio.create_task(creating())
     seen: list[str] = []
-    try:
+    async with keys_being_created(gw.service, account):
         after = None
         while True:
             url = gw.url + "/v1/api-keys?limit=3" + (f"&starting_after={after}" if after else "")
@@ -167,9 +158,6 @@ async def test_paging_while_keys_are_created_lists_each_key_once(admin, http):
             if not body["has_more"]:
                 break
             after = seen[-1]
-    finally:
-        stop.set()
-        await writer
     assert len(seen) == len(set(seen))
     assert set(before) <= set(seen)
 
@@ -708,7 +696,6 @@ async def test_store_down_during_an_operation_is_503(admin, http):
 
 
 async def test_usage_and_last_used_follow_real_requests(admin, http):
-    import asyncio
     import time
 
     gw, account, _, headers = admin
@@ -732,7 +719,6 @@ async def test_usage_and_last_used_follow_real_requests(admin, http):
 
 async def test_two_admin_keys_revoking_each_other_at_once_leave_one(admin, http):
     """The check and the revocation are one step per account: never both succeed."""
-    import asyncio
 
     gw, account, first_id, first = admin
     made = await _create(http, gw, first, name="second admin", permissions=["admin"])

@@ -226,3 +226,34 @@ async def test_a_gateway_stops_promptly_while_its_detectors_work(config, http):
         started = time.monotonic()
         await gw.app.close()
         assert time.monotonic() - started < 3
+
+
+async def test_a_bursts_codes_add_up_to_its_count_across_two_buckets(redis_client, key_prefix):
+    """The count weighs the previous bucket by the share of it still in the window; the
+    codes it names are weighed the same, or the alert says 10 refusals of which 14 ..."""
+    from gateway.alerts.detectors import AlertDetector
+    from gateway.config.schema import AlertsConfig
+    from gateway.events.log import EventLog
+    from gateway.keys.model import CompiledKey, KeyRecord
+
+    config = AlertsConfig.model_validate({"denied_burst": {"window": "30s", "threshold": 10}})
+    now = [30 * 1000 + 29.0]  # a second before a 30 s bucket ends
+    events = EventLog(redis_client, key_prefix)
+    detector = AlertDetector(redis_client, key_prefix, events, lambda: config, clock=lambda: now[0])
+    record = KeyRecord(id="key_burst", account_id="acct_burst", name="k", mode="live",
+                       hash="h", prefix="sk_live_", last4="abcd")  # fmt: skip
+    key = CompiledKey.build(record, "default")
+    for _ in range(8):
+        detector.observe(key, None, "ip_not_allowed")
+    await detector.flush()
+    await events.drain()
+    assert await events.list("acct_burst", test_only=False) == ([], False)
+    now[0] += 16  # 15 s into the next bucket: half the previous one still counts
+    for _ in range(6):
+        detector.observe(key, None, "insufficient_permissions")
+    await detector.flush()
+    await events.drain()
+    (alert,), _ = await events.list("acct_burst", test_only=False)
+    assert alert.type == "alert.denied_burst"
+    assert alert.data["count"] == 10  # 6 + 8 / 2
+    assert alert.data["codes"] == {"insufficient_permissions": 6, "ip_not_allowed": 4}

@@ -267,14 +267,17 @@ class AlertDetector:
             count = int(int(current.get("n", 0)) + int(previous.get("n", 0)) * share)
             if count < burst.threshold:
                 continue
-            codes: dict[str, int] = {}
+            # the codes weighed as the count is (the previous bucket by the share still in
+            # the window), so the refusals they list add up to the count the alert gives
+            weighed: dict[str, float] = {}
             ips: list[str] = []
-            for part in (current, previous):
+            for part, weight in ((current, 1.0), (previous, share)):
                 for field, value in part.items():
                     if field.startswith("c:"):
-                        codes[field[2:]] = codes.get(field[2:], 0) + int(value)
+                        weighed[field[2:]] = weighed.get(field[2:], 0.0) + int(value) * weight
                     elif field.startswith("ip:") and field[3:] not in ips:
                         ips.append(field[3:])
+            codes = {code: round(n) for code, n in weighed.items() if round(n) > 0}
             await self._fire(
                 "denied_burst", key_id,
                 {"key_id": key_id, "count": count, "codes": codes, "ips": ips[:MAX_IPS],

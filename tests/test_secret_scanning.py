@@ -255,6 +255,23 @@ async def test_notify_leaves_live_keys_working_and_revokes_test_keys(leak_config
     assert sorted(e["data"]["action"] for e in events) == ["notified", "revoked"]
 
 
+@pytest.mark.parametrize("mode", ["live", "test"])
+async def test_a_leaked_last_admin_key_is_revoked_all_the_same(
+    leak_config, github, http, start_gateway, mode
+):
+    """The API keeps an account's last admin key from being revoked; a leak report does not
+    stop there (the operator's CLI lets a locked-out account back in)."""
+    gw = await start_gateway(leak_config())
+    account = await new_account(gw.service)
+    _, admin = await new_key(gw.service, account, permissions=["admin"], mode=mode)
+    _, other = await new_key(gw.service, account, mode=mode)
+    body = report(admin, other)
+    status, answer = await post_report(http, gw, body, github.sign(body))
+    assert status == 200 and [a["label"] for a in answer] == ["true_positive"] * 2
+    assert await status_of(http, gw, admin) == (401, "revoked_api_key")
+    assert await status_of(http, gw, other) == (401, "revoked_api_key")
+
+
 async def test_a_revoked_key_is_still_a_true_positive(leak_config, github, http, start_gateway):
     gw = await start_gateway(leak_config())
     account = await new_account(gw.service)

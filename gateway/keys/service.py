@@ -125,13 +125,16 @@ class Actor:
     account_id: str | None = None
     mode: str | None = None  # a test-mode key may touch only test keys
     request_id: str | None = None  # the API request that acted, for the audit trail
+    # held to "an account keeps an active admin key": not the operator (who lets a locked
+    # out account back in), nor a leak report (a leaked key is revoked, whatever it is)
+    keeps_an_admin: bool = True
 
     @property
     def test_only(self) -> bool:
         return self.mode == "test"
 
 
-CLI = Actor("cli")
+CLI = Actor("cli", keeps_an_admin=False)
 
 
 # -- validation -------------------------------------------------------------
@@ -617,7 +620,7 @@ class KeyService:
         A change that takes an admin key away runs under the account's lock, so that two
         admin keys revoking each other at once cannot both succeed.
         """
-        if actor.id == CLI.id or not _active_admin(before) or _active_admin(after):
+        if not actor.keeps_an_admin or not _active_admin(before) or _active_admin(after):
             await self.store.save_key(after)
             return
         try:
@@ -638,7 +641,7 @@ class KeyService:
         key. The operator's CLI is not held to it: it is how an account locked out is let
         back in.
         """
-        if actor.id == CLI.id or not _active_admin(before) or _active_admin(after):
+        if not actor.keeps_an_admin or not _active_admin(before) or _active_admin(after):
             return
         ids, _ = await self.store.list_key_ids(
             before.account_id, mode=None, limit=10**9, starting_after=None

@@ -49,7 +49,7 @@ PATH = "/secret-scanning/github"
 REFETCH_INTERVAL = 60.0
 FETCH_TIMEOUT = 10.0
 BODY_LIMIT = 1024 * 1024
-ACTOR = Actor("github_secret_scanning")
+ACTOR = Actor("github_secret_scanning", keeps_an_admin=False)  # a leaked last admin key goes too
 INVALID_SIGNATURE = Denial("invalid_signature")
 
 

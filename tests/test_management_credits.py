@@ -220,6 +220,51 @@ async def test_patch_credits_null_removes_metering(admin, http):
     assert patched["data"]["credits"] == {"remaining": 4, "refill": None}
 
 
+async def test_a_rotated_key_and_its_successor_show_one_balance_and_one_refill(admin, http):
+    gw, _, _, headers = admin
+    old = await _create(http, gw, headers, credits={"remaining": 10, "refill": MONTHLY})
+    new = (
+        await _call(
+            http,
+            "POST",
+            f"{gw.url}/v1/api-keys/{old['id']}/rotate",
+            headers,
+            201,
+            json={"grace_period": "1h"},
+        )  # fmt: skip
+    )["data"]
+    old_url, new_url = f"{gw.url}/v1/api-keys/{old['id']}", f"{gw.url}/v1/api-keys/{new['id']}"
+    daily = {"amount": 50, "interval": "day"}
+    await _call(http, "PATCH", new_url, headers, 200, json={"credits": {"refill": daily}})
+    for url in (old_url, new_url):
+        assert (await _call(http, "GET", url, headers, 200))["data"]["credits"]["refill"] == daily
+    await _call(http, "PATCH", old_url, headers, 200, json={"credits": {"remaining": 3}})
+    for url in (old_url, new_url):  # a top-up keeps the refill the balance has
+        shown = (await _call(http, "GET", url, headers, 200))["data"]["credits"]
+        assert shown == {"remaining": 3, "refill": daily}, url
+
+
+async def test_metering_a_rotated_key_afresh_leaves_its_successors_balance_alone(admin, http):
+    gw, _, _, headers = admin
+    old = await _create(http, gw, headers, credits={"remaining": 10})
+    new = (
+        await _call(
+            http,
+            "POST",
+            f"{gw.url}/v1/api-keys/{old['id']}/rotate",
+            headers,
+            201,
+            json={"grace_period": "1h"},
+        )  # fmt: skip
+    )["data"]
+    old_url, new_url = f"{gw.url}/v1/api-keys/{old['id']}", f"{gw.url}/v1/api-keys/{new['id']}"
+    await _call(http, "PATCH", old_url, headers, 200, json={"credits": None})
+    assert (await _call(http, "GET", new_url, headers, 200))["data"]["credits"]["remaining"] == 10
+    await _call(http, "PATCH", old_url, headers, 200, json={"credits": {"remaining": 1000}})
+    assert (await _call(http, "GET", old_url, headers, 200))["data"]["credits"]["remaining"] == 1000
+    assert (await _call(http, "GET", new_url, headers, 200))["data"]["credits"]["remaining"] == 10
+
+
 @pytest.mark.parametrize(
     ("method", "credits", "field"),
     [

@@ -722,12 +722,21 @@ class KeyService:
         Without ``remaining`` the balance is kept and only the refill changes, in one
         store script, so requests spending meanwhile are never lost or undone."""
         remaining = credits["remaining"]
-        balance_id = record.credits_id or record.id
+        # A key metered afresh after a rotation gets a balance of its own: its id may still
+        # name the balance the key rotated from it spends (which it shared until unmetered).
+        fresh = record.credits_id is None and record.rotated_to is not None
+        balance_id = record.credits_id or (new_id("bal") if fresh else record.id)
         if "refill" in credits:
             refill: Refill | None = credits["refill"]
-        else:  # left out: the key keeps the refill it has
+        else:  # left out: the balance keeps the refill it has (shared through a rotation)
             kept = (record.credits or {}).get("refill")
             refill = Refill(int(kept["amount"]), kept["interval"]) if kept else None
+            if record.credits_id is not None:
+                _, (balance,) = await self.balances.read(
+                    record.account_id, record.mode, None, [record.credits_id]
+                )
+                if balance is not None:
+                    refill = balance.refill
         if remaining is None and record.credits_id is None:
             raise InvalidRequest(
                 "credits.remaining is required: the key has no credits yet", "credits"
@@ -765,7 +774,12 @@ class KeyService:
                 account_id, mode, None, [r.credits_id or r.id for r in members]
             )
             for record, balance in zip(members, balances, strict=True):
-                refill = (record.credits or {}).get("refill")
+                # the balance's refill: one for the keys a rotation made share it
+                refill = (
+                    (balance.refill.public() if balance.refill else None)
+                    if balance is not None
+                    else (record.credits or {}).get("refill")
+                )
                 out[record.id] = {
                     "remaining": balance.remaining if balance is not None else 0,
                     "refill": refill,

@@ -183,6 +183,9 @@ async def test_build_info_store_state_and_process_metrics(gw, admin, http):
     assert value(samples, "process_start_time_seconds") > 0
     assert ("process_cpu_seconds_total", ()) in samples
     assert value(samples, "process_open_fds") > 0
+    # counters an alert rule takes increase() of start at zero, so their first rise shows
+    for result in ("success", "error"):
+        assert samples[("gateway_config_reloads_total", (("result", result),))] == 0
 
 
 def readme_series() -> dict[str, tuple[str, ...]]:

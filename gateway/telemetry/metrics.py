@@ -209,6 +209,8 @@ class Metrics:
             "gateway_config_reloads", "Configuration reloads by result",
             ["result"], registry=self.registry,
         )  # fmt: skip
+        for result in ("success", "error"):  # at zero from the start: increase() sees the first
+            self.reloads.labels(result)
         self.alerts = Counter(
             "gateway_alerts", "Alerts raised by this process, by type",
             ["type"], registry=self.registry,

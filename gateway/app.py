@@ -197,6 +197,7 @@ class GatewayApp:
         )
         listener.start()
         stack.push_async_callback(listener.stop)
+        monitor.on_down = listener.renew  # a hung master: its subscription hears nothing more
         runtime.invalidation = listener
         runtime.access_log.start()
         stack.push_async_callback(runtime.access_log.stop)

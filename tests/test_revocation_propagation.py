@@ -349,3 +349,51 @@ async def test_open_streams_read_their_keys_again_after_a_resync():
         await asyncio.sleep(0.01)
     assert cut == [(1008, REVOKED)]
     assert len(streams) == 1
+
+
+async def test_a_store_that_stops_answering_has_its_subscription_renewed(
+    redis_url, key_prefix, start_gateway, base_config
+):
+    """A hung master (or one being failed over) keeps the subscription's socket open but
+    sends nothing: when the health pings fail, the listener subscribes anew (to whatever
+    answers then) and reads keys from the store meanwhile."""
+    from gateway.store.health import StoreMonitor
+
+    distrusted: list[float] = []
+
+    class Cache(KeyCache):
+        def distrust(self, fresh_for: float) -> None:
+            distrusted.append(fresh_for)
+            super().distrust(fresh_for)
+
+    cache = Cache(_never_loads, ttl=60, negative_ttl=5, max_size=10, stale_if_error=60)
+    client = pubsub_client(redis_url, RedisConfig())
+    listener = InvalidationListener(client, key_prefix + "inv", cache)
+    answering = [True]
+
+    async def ping() -> None:
+        if not answering[0]:
+            raise ConnectionError("no answer")
+
+    monitor = StoreMonitor(ping)
+    monitor.on_down = listener.renew
+    listener.start()
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 5)
+        assert await monitor.check() and listener.subscriptions == 1
+        answering[0] = False
+        assert not await monitor.check()  # up -> down: the subscription is renewed
+        deadline = time.monotonic() + 5
+        while listener.subscriptions < 2:
+            assert time.monotonic() < deadline, "not subscribed anew"
+            await asyncio.sleep(0.05)
+        assert distrusted  # keys were read from the store in between
+        assert not await monitor.check()  # still down: once per outage, not every ping
+        await asyncio.sleep(1.5)
+        assert listener.subscriptions == 2
+    finally:
+        await listener.stop()
+        await client.aclose()
+    # and the gateway wires it so
+    gw = await start_gateway(base_config())
+    assert gw.runtime.store_monitor.on_down == gw.runtime.invalidation.renew

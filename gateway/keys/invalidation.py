@@ -60,11 +60,17 @@ class InvalidationListener:
         self.subscriptions = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._renew = False  # subscribe anew: the store stopped answering meanwhile
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="invalidation-listener"
         )
+
+    def renew(self) -> None:
+        """The store stopped answering (hung, or failing over): the subscription may sit on
+        a server that no longer gets the changes; subscribe anew, within a second."""
+        self._renew = True
 
     async def stop(self) -> None:
         """Cancel the listener and wait for it. redis-py's timed read can swallow a
@@ -124,6 +130,9 @@ class InvalidationListener:
     async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
         last_heard = last_ping = time.monotonic()
         while not self._stopping:
+            if self._renew:
+                self._renew = False
+                raise SubscriptionLost("the store stopped answering; subscribing anew")
             # parse_response, not get_message: a PONG must count as heard, and
             # redis-py's message parsing mangles PONG replies on decoded clients.
             response = await pubsub.parse_response(block=False, timeout=1.0)

@@ -47,6 +47,9 @@ class StoreMonitor:
         self.last_up: float | None = None  # when the store last answered
         self.down_since: float | None = None  # the first failed ping of this outage
         self._task: asyncio.Task[None] | None = None
+        # told when the store stops answering (a hung master, a failover): what rides on a
+        # long-lived connection to it (the invalidation subscription) is to be renewed
+        self.on_down: Callable[[], None] | None = None
 
     async def check(self) -> bool:
         """Ping the store once and record the outcome."""
@@ -54,11 +57,14 @@ class StoreMonitor:
             async with asyncio.timeout(self.timeout):
                 await self._ping()
         except Exception as exc:  # the store's errors, a timeout: it does not answer
+            was_up = self._answered
             if self._answered or self.down_since is None:
                 self.down_since = self._clock()
                 if self.last_up is not None:
                     log.warning("the key store does not answer: %s", exc or "timeout")
             self._answered = False
+            if was_up and self.on_down is not None:
+                self.on_down()
             return False
         if not self._answered and self.last_up is not None:
             log.info("the key store answers again")

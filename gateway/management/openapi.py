@@ -159,8 +159,9 @@ def _key_fields(*, create: bool) -> dict[str, Any]:
             "type": "string",
             "minLength": 1,
             "maxLength": 200,
-            "pattern": f"^[^{UNSHOWABLE_CHARS}]*$",
-            "description": "No control or direction characters.",
+            # at least one character that is not a space: the name is stored stripped
+            "pattern": f"^[^{UNSHOWABLE_CHARS}]*[^\\s{UNSHOWABLE_CHARS}][^{UNSHOWABLE_CHARS}]*$",
+            "description": "Not only spaces; no control or direction characters.",
         },
         "mode": {**MODE, "description": "Defaults to the calling key's mode."},
         "permissions": {

@@ -50,6 +50,11 @@ async def _create(http, gw, headers, **fields) -> dict[str, Any]:
     return body["data"]
 
 
+async def _rotate(http, gw, headers, key_id: str) -> dict[str, Any]:
+    url = f"{gw.url}/v1/api-keys/{key_id}/rotate"
+    return (await _call(http, "POST", url, headers, 201, json={"grace_period": "1h"}))["data"]
+
+
 async def _spend(gw, account: str, key_id: str, n: int, mode: str = "live") -> None:
     balance_id = (await gw.service.store.get_key(key_id)).credits_id
     results = await gw.service.balances.spend(account, mode, None, [(balance_id, 1)] * n)
@@ -223,16 +228,7 @@ async def test_patch_credits_null_removes_metering(admin, http):
 async def test_a_rotated_key_and_its_successor_show_one_balance_and_one_refill(admin, http):
     gw, _, _, headers = admin
     old = await _create(http, gw, headers, credits={"remaining": 10, "refill": MONTHLY})
-    new = (
-        await _call(
-            http,
-            "POST",
-            f"{gw.url}/v1/api-keys/{old['id']}/rotate",
-            headers,
-            201,
-            json={"grace_period": "1h"},
-        )  # fmt: skip
-    )["data"]
+    new = await _rotate(http, gw, headers, old["id"])
     old_url, new_url = f"{gw.url}/v1/api-keys/{old['id']}", f"{gw.url}/v1/api-keys/{new['id']}"
     daily = {"amount": 50, "interval": "day"}
     await _call(http, "PATCH", new_url, headers, 200, json={"credits": {"refill": daily}})
@@ -247,16 +243,7 @@ async def test_a_rotated_key_and_its_successor_show_one_balance_and_one_refill(a
 async def test_metering_a_rotated_key_afresh_leaves_its_successors_balance_alone(admin, http):
     gw, _, _, headers = admin
     old = await _create(http, gw, headers, credits={"remaining": 10})
-    new = (
-        await _call(
-            http,
-            "POST",
-            f"{gw.url}/v1/api-keys/{old['id']}/rotate",
-            headers,
-            201,
-            json={"grace_period": "1h"},
-        )  # fmt: skip
-    )["data"]
+    new = await _rotate(http, gw, headers, old["id"])
     old_url, new_url = f"{gw.url}/v1/api-keys/{old['id']}", f"{gw.url}/v1/api-keys/{new['id']}"
     await _call(http, "PATCH", old_url, headers, 200, json={"credits": None})
     assert (await _call(http, "GET", new_url, headers, 200))["data"]["credits"]["remaining"] == 10

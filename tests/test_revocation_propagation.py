@@ -208,6 +208,18 @@ async def test_b_follows_a_revocation_made_while_its_subscription_was_down(
     assert elapsed < 1.0
 
 
+class RecordingCache(KeyCache):
+    """A key cache that notes each time it was told changes go unheard."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.distrusted: list[float] = []
+
+    def distrust(self, fresh_for: float) -> None:
+        self.distrusted.append(fresh_for)
+        super().distrust(fresh_for)
+
+
 async def _never_loads(key_hash: str) -> None:
     raise AssertionError("nothing is looked up here")
 
@@ -245,14 +257,8 @@ async def test_a_lost_channel_makes_the_cache_read_the_store_until_it_is_back(
         loads.append(key_hash)
         return object()
 
-    distrusted: list[float] = []
-
-    class Cache(KeyCache):
-        def distrust(self, fresh_for: float) -> None:
-            distrusted.append(fresh_for)
-            super().distrust(fresh_for)
-
-    cache = Cache(load, ttl=60, negative_ttl=5, max_size=10, stale_if_error=60)
+    cache = RecordingCache(load, ttl=60, negative_ttl=5, max_size=10, stale_if_error=60)
+    distrusted = cache.distrusted
     await cache.get("h")
     resyncs: list[float] = []
     client = pubsub_client(redis_url, RedisConfig())
@@ -359,14 +365,8 @@ async def test_a_store_that_stops_answering_has_its_subscription_renewed(
     answers then) and reads keys from the store meanwhile."""
     from gateway.store.health import StoreMonitor
 
-    distrusted: list[float] = []
-
-    class Cache(KeyCache):
-        def distrust(self, fresh_for: float) -> None:
-            distrusted.append(fresh_for)
-            super().distrust(fresh_for)
-
-    cache = Cache(_never_loads, ttl=60, negative_ttl=5, max_size=10, stale_if_error=60)
+    cache = RecordingCache(_never_loads, ttl=60, negative_ttl=5, max_size=10, stale_if_error=60)
+    distrusted = cache.distrusted
     client = pubsub_client(redis_url, RedisConfig())
     listener = InvalidationListener(client, key_prefix + "inv", cache)
     answering = [True]

@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -28,10 +29,18 @@ def documented_rules() -> list[str]:
     return match.group(1).split()
 
 
+def as_user(url: str, name: str, password: str) -> str:
+    """``url`` (redis://, rediss:// or unix://) logging in as ``name`` instead of its own user."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = "&".join(
+        filter(None, [parts.query, urlencode({"username": name, "password": password})])
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 @pytest.fixture
 async def acl_user(redis_url, key_prefix):
-    if not redis_url.startswith("redis://"):
-        pytest.skip("ACL users are made on a Redis reached over TCP ($REDIS_URL)")
     admin = aioredis.Redis.from_url(redis_url)
     name, password = f"keygate-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     rules = [
@@ -39,10 +48,9 @@ async def acl_user(redis_url, key_prefix):
         for r in documented_rules()
     ]
     await admin.execute_command("ACL", "SETUSER", name, *rules)
-    host = redis_url.split("://", 1)[1]
     await admin.execute_command("ACL", "LOG", "RESET")
     try:
-        yield f"redis://{name}:{password}@{host}", name
+        yield as_user(redis_url, name, password), name
     finally:
         await admin.execute_command("ACL", "DELUSER", name)
         await admin.aclose()

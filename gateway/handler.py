@@ -72,9 +72,7 @@ UPSTREAM_TIMEOUT = Denial("upstream_timeout")
 UPSTREAM_UNAVAILABLE = Denial("upstream_unavailable")
 # What a refused handshake's answer does not take from the upstream's: hop-by-hop, the
 # framing and description of a body that is not relayed, and the gateway's own.
-_NOT_FROM_A_REFUSAL = HOP_BY_HOP | {
-    "content-length", "content-type", "content-encoding", "x-request-id",
-}  # fmt: skip
+_NOT_FROM_A_REFUSAL = HOP_BY_HOP | {"content-type", "content-encoding", "x-request-id"}
 # Response headers the gateway sets itself, in place of the upstream's.
 REPLACED = frozenset({"x-request-id"})
 REPLACED_WITH_RATE_LIMIT = REPLACED | {
@@ -123,8 +121,8 @@ class PublicHandler:
                 response = self.refuse(denial, ctx)
                 if denial.code == "bad_request":
                     response.force_close()  # CONNECT, absolute or asterisk form: no second request
-                elif denial is HTTPS_REQUIRED:  # a page served over http reads why, too
-                    ctx.cors = self.cors_before_route(request, snapshot)
+                # refused before its route was looked up: a listed origin still reads why
+                ctx.cors = self.cors_before_route(request, snapshot)
             else:
                 local = snapshot.raw_local_handler(request.raw_path) or snapshot.local_handler(
                     ctx.match_path
@@ -221,8 +219,7 @@ class PublicHandler:
             (headers_at if headers_at is not None else now) - started,  # to the response head
             ctx.upstream_seconds,
         )
-        principal = ctx.principal
-        key_id = principal.key.id if principal is not None else ctx.key_id
+        key_id = ctx.key_id  # set by the pipeline once the key was identified
         if rt.snapshot.config.server.access_log:
             client = ctx.client_address
             if client is None:
@@ -250,9 +247,7 @@ class PublicHandler:
                 trace_id=ctx.trace_id,
                 span_id=ctx.span_id,
                 key_id=key_id,
-                account_id=principal.key.record.account_id
-                if principal is not None
-                else ctx.account_id,
+                account_id=ctx.account_id,
                 route=route,
                 code=code,
             )

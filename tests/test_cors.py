@@ -206,6 +206,17 @@ async def test_origin_joins_the_upstreams_vary_never_replaces_it(
         assert resp.headers["Access-Control-Allow-Origin"] == APP
 
 
+async def test_a_refusal_before_the_route_is_looked_up_carries_the_routes_cors(gw, http):
+    """Sizes and the request target are judged before any route: the answer to a listed
+    origin carries the CORS headers of the route the path names all the same."""
+    async with http.get(gw.url + "/api/" + "x" * 9000, headers={"Origin": APP}) as resp:
+        assert resp.status == 414
+        assert resp.headers["Access-Control-Allow-Origin"] == APP
+    async with http.get(gw.url + "/plain/" + "x" * 9000, headers={"Origin": APP}) as resp:
+        assert resp.status == 414  # a route without CORS: none
+        assert "Access-Control-Allow-Origin" not in resp.headers
+
+
 async def test_a_429_can_be_read_by_the_page(gw, http, key):
     headers = {"Origin": "https://any.test", **bearer(key)}
     statuses = []

@@ -388,7 +388,7 @@ class RateLimiter:
     def _give_back(self, c: _Counter, grant_id: str) -> None:
         if c.grant_id != grant_id or c.tokens <= 0 or c.inflight is not None:
             return  # spent, or already given back with a newer grant
-        if time.monotonic() < self._store_down_until:
+        if self.degraded:
             return  # the store is down: the fallback keeps nothing to give back
         take = Take(key=c.key, limit=c.limit.rate.limit, window_ms=c.limit.window_ms, want=0,
                     grant_id=grant_id, refund=c.tokens)  # fmt: skip

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import IO
 
-from .logs import secret_pattern
+from .logs import KeyMask
 
 _PLAIN = re.compile(r"^[A-Za-z0-9 ._:/@%+=~,;!$&*()\-]*$")
 
@@ -46,13 +46,7 @@ class AccessLog:
         self._stamp = ""
         self._milli = -1
         self._milli_stamp = ""
-        self._marker = f"{key_prefix}_"
-        self._secret = secret_pattern(key_prefix)
-
-    def mask(self, text: str) -> str:
-        if self._marker in text:
-            return self._secret.sub(self._marker + "***", text)
-        return text
+        self.mask = KeyMask(key_prefix)  # anything shaped like a key, in what is logged
 
     def timestamp(self, now: float) -> str:
         """``now`` in RFC 3339, UTC, to the millisecond (made once a millisecond)."""
